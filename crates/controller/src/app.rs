@@ -1,0 +1,378 @@
+//! The controller application: build it from settings (binding the admin port), then run
+//! it until the shutdown token is cancelled.
+
+use crate::metrics::Metrics;
+use crate::platform::{ApiSettings, PlatformClient, TokenSource};
+use crate::publisher::{JobSink, PublishSettings, run_publisher};
+use crate::settings::{CatalogSource, Settings};
+use crate::sync::{Source, Syncer};
+use crate::timer::{DueRun, Timer};
+use anyhow::Context;
+use chrono::Utc;
+use prometheus_client::registry::Registry;
+use service_kit::Secret;
+use service_kit::admin::{self, AdminServer, AdminState, Readiness};
+use service_kit::supervisor::Supervisor;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+const CHECK_CATALOG: &str = "catalog";
+const CHECK_PUBSUB: &str = "pubsub";
+/// Upper bound on one timer sleep, so a wall-clock jump is noticed within a second.
+const MAX_TIMER_SLEEP: Duration = Duration::from_secs(1);
+
+pub struct Application {
+    settings: Settings,
+    admin: AdminServer,
+    readiness: Arc<Readiness>,
+    registry: Arc<Registry>,
+    metrics: Metrics,
+    source: Source,
+    connection: pubsub_bus::Connection,
+    sink: Option<Arc<dyn JobSink>>,
+}
+
+impl Application {
+    /// Checks the settings, binds the admin port and prepares the catalog source. `env` is
+    /// the process environment (passed in so tests control it).
+    pub async fn build(settings: Settings, env: &HashMap<String, String>) -> anyhow::Result<Self> {
+        let source = match settings.platform.source {
+            CatalogSource::File => Source::File(
+                settings
+                    .platform
+                    .catalog_file
+                    .clone()
+                    .context("platform.catalog_file is required for source = file")?,
+            ),
+            CatalogSource::Api => {
+                let p = &settings.platform;
+                let token = match &p.token_file {
+                    Some(path) => TokenSource::File(path.clone()),
+                    None => TokenSource::Env {
+                        var: p.token_env.clone(),
+                        value: env.get(&p.token_env).map(Secret::new),
+                    },
+                };
+                Source::Api(PlatformClient::new(ApiSettings {
+                    base_url: p.base_url.clone(),
+                    token,
+                    page_size: p.page_size,
+                    request_timeout: p.request_timeout,
+                    max_attempts: p.max_attempts,
+                    initial_backoff: p.initial_backoff,
+                    max_backoff: p.max_backoff,
+                    concurrency: p.concurrency,
+                })?)
+            }
+        };
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let readiness = Arc::new(Readiness::default());
+        readiness.register(CHECK_CATALOG, "first catalog not loaded yet");
+        readiness.register(CHECK_PUBSUB, "Pub/Sub not checked yet");
+        let admin = AdminServer::bind(settings.admin.listen).await?;
+        let connection = pubsub_bus::Connection::from_env(settings.pubsub.project.clone(), env);
+        Ok(Application {
+            settings,
+            admin,
+            readiness,
+            registry: Arc::new(registry),
+            metrics,
+            source,
+            connection,
+            sink: None,
+        })
+    }
+
+    /// Replaces the Pub/Sub publisher with another sink (the standalone mode's bus).
+    pub fn with_sink(mut self, sink: Arc<dyn JobSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr()
+    }
+
+    /// Runs until `shutdown` is cancelled or a critical task fails. Shutdown order: stop
+    /// the catalog sync and the timer, drain in-flight publishes, stop the admin server.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Application {
+            settings,
+            admin,
+            readiness,
+            registry,
+            metrics,
+            source,
+            connection,
+            sink,
+        } = self;
+        tracing::info!(
+            admin = %admin.local_addr(),
+            pubsub_endpoint = connection.emulator_endpoint.as_deref().unwrap_or("google"),
+            project = %connection.project,
+            jobs_topic = %settings.pubsub.jobs_topic,
+            "controller starting"
+        );
+        let sink: Arc<dyn JobSink> = match sink {
+            Some(sink) => {
+                readiness.set(CHECK_PUBSUB, true, "in-process bus");
+                sink
+            }
+            None => {
+                let ps = &settings.pubsub;
+                if ps.create_topics {
+                    connection.ensure_topic(&ps.jobs_topic).await?;
+                }
+                Arc::new(
+                    connection
+                        .publisher(&ps.jobs_topic, ps.publish_timeout)
+                        .await?,
+                )
+            }
+        };
+
+        let timer = Arc::new(Mutex::new(Timer::new(settings.placement.strategy)));
+        let timer_changed = Arc::new(Notify::new());
+        let (runs_tx, runs_rx) = mpsc::channel::<DueRun>(10_000);
+        let work = shutdown.child_token();
+        let admin_stop = CancellationToken::new();
+        let mut tasks = Supervisor::new(work.clone());
+
+        let syncer = Syncer::new(
+            source,
+            settings.catalog.policy(),
+            timer.clone(),
+            timer_changed.clone(),
+            metrics.clone(),
+        );
+        tasks.spawn(
+            "catalog-sync",
+            run_sync(
+                syncer,
+                settings.catalog.sync_interval,
+                readiness.clone(),
+                work.clone(),
+            ),
+        );
+        tasks.spawn(
+            "timer",
+            run_timer(timer, timer_changed, runs_tx, metrics.clone(), work.clone()),
+        );
+        tasks.spawn(
+            "publisher",
+            run_publisher(
+                sink,
+                PublishSettings {
+                    max_in_flight: settings.pubsub.max_in_flight,
+                    initial_backoff: Duration::from_millis(200),
+                    max_backoff: Duration::from_secs(30),
+                    drain_timeout: settings.pubsub.drain_timeout,
+                },
+                runs_rx,
+                metrics.clone(),
+                work.clone(),
+            ),
+        );
+        if !readiness.is_ready() || readiness_pending(&readiness) {
+            tasks.spawn(
+                "pubsub-check",
+                check_pubsub(
+                    connection.clone(),
+                    settings.pubsub.jobs_topic.clone(),
+                    readiness.clone(),
+                    work.clone(),
+                ),
+            );
+        }
+        let router = admin::router(AdminState {
+            readiness,
+            registry,
+        });
+        let admin_task = tokio::spawn(admin.serve(router, admin_stop.clone()));
+
+        let result = tasks.join().await;
+        admin_stop.cancel();
+        match admin_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "admin server failed"),
+            Err(e) => tracing::error!(error = %e, "admin server panicked"),
+        }
+        tracing::info!("controller stopped");
+        result
+    }
+}
+
+fn readiness_pending(readiness: &Readiness) -> bool {
+    !readiness.is_ready()
+}
+
+/// Marks Pub/Sub ready once the jobs topic answers; retries until then.
+async fn check_pubsub(
+    connection: pubsub_bus::Connection,
+    topic: String,
+    readiness: Arc<Readiness>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match connection.check_topic(&topic).await {
+            Ok(()) => {
+                readiness.set(CHECK_PUBSUB, true, format!("topic {topic} answered"));
+                // Stay alive until shutdown: the supervisor treats an early end as failure.
+                stop.cancelled().await;
+                return Ok(());
+            }
+            Err(e) => {
+                readiness.set(CHECK_PUBSUB, false, e.to_string());
+                tracing::warn!(attempt, error = %e, "Pub/Sub check failed, retrying");
+            }
+        }
+        let wait = crate::platform::backoff_with_jitter(
+            attempt,
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+        );
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// The first sync is retried with backoff until it succeeds; later syncs run on the
+/// configured cadence (a tokio-cron-scheduler job) and a failure keeps the running schedules.
+async fn run_sync(
+    mut syncer: Syncer,
+    interval: Duration,
+    readiness: Arc<Readiness>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match syncer.sync_once().await {
+            Ok((_, catalog)) => {
+                readiness.set(
+                    CHECK_CATALOG,
+                    true,
+                    format!(
+                        "{} schedules, {} skipped items",
+                        catalog.schedules.len(),
+                        catalog.problems.len()
+                    ),
+                );
+                break;
+            }
+            Err(e) => {
+                readiness.set(CHECK_CATALOG, false, e.to_string());
+                tracing::error!(attempt, error = %e, "first catalog sync failed, retrying");
+            }
+        }
+        let wait = crate::platform::backoff_with_jitter(
+            attempt,
+            Duration::from_secs(1),
+            interval.max(Duration::from_secs(2)),
+        );
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+
+    let (tick_tx, mut ticks) = mpsc::channel::<()>(1);
+    let mut cadence = tokio_cron_scheduler::JobScheduler::new()
+        .await
+        .context("cannot start the sync cadence")?;
+    let job = tokio_cron_scheduler::Job::new_repeated_async(interval, move |_, _| {
+        let tick_tx = tick_tx.clone();
+        Box::pin(async move {
+            // A full channel means a sync is already pending: coalesce.
+            let _ = tick_tx.try_send(());
+        })
+    })
+    .context("cannot schedule the catalog sync")?;
+    cadence
+        .add(job)
+        .await
+        .context("cannot schedule the catalog sync")?;
+    cadence
+        .start()
+        .await
+        .context("cannot start the sync cadence")?;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            tick = ticks.recv() => if tick.is_none() { break },
+        }
+        match syncer.sync_once().await {
+            Ok((_, catalog)) => readiness.set(
+                CHECK_CATALOG,
+                true,
+                format!(
+                    "{} schedules, {} skipped items",
+                    catalog.schedules.len(),
+                    catalog.problems.len()
+                ),
+            ),
+            Err(e) => {
+                // Keep the running schedules: still ready, but say so.
+                readiness.set(
+                    CHECK_CATALOG,
+                    true,
+                    format!("last sync failed, running on the previous catalog: {e}"),
+                );
+                tracing::error!(error = %e, "catalog sync failed, keeping the running schedules");
+            }
+        }
+    }
+    if let Err(e) = cadence.shutdown().await {
+        tracing::warn!(error = %e, "sync cadence did not stop cleanly");
+    }
+    Ok(())
+}
+
+/// Sleeps until the earliest placed run, hands every due run to the publisher, repeats.
+async fn run_timer(
+    timer: Arc<Mutex<Timer>>,
+    changed: Arc<Notify>,
+    runs: mpsc::Sender<DueRun>,
+    metrics: Metrics,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut due = Vec::new();
+    loop {
+        let deadline = timer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_deadline();
+        let wait = deadline
+            .map(|d| (d - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(MAX_TIMER_SLEEP)
+            .min(MAX_TIMER_SLEEP);
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = changed.notified() => continue,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let now = Utc::now();
+        timer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_due(now, &mut due);
+        for run in due.drain(..) {
+            metrics.runs_due.inc();
+            let late = (now - run.placed).to_std().unwrap_or(Duration::ZERO);
+            metrics.fire_lateness.observe(late.as_secs_f64());
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                sent = runs.send(run) => if sent.is_err() { return Ok(()) },
+            }
+        }
+    }
+}

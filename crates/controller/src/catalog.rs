@@ -1,0 +1,711 @@
+//! The catalog: the platform's documents (tenants, their apps, the apps' queries) turned
+//! into validated schedules, item by item. An invalid item is skipped with a [`Problem`]
+//! naming the tenant, app, query, field, value and reason; every valid item is kept.
+//! Pure: no I/O, the same rules for the platform API and the catalog file.
+
+use chrono_tz::Tz;
+use jobs_core::Overlap;
+use jobs_core::names::{check_destination, check_entity_id, check_query_id};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::schedule::Cadence;
+
+/// A tenant as the platform sends it. Fields are optional here so that a missing one is
+/// reported as a problem with its name rather than failing the whole page.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct TenantDoc {
+    pub id: Option<String>,
+    pub status: Option<String>,
+    pub timezone: Option<String>,
+    pub weight: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct AppDoc {
+    pub id: Option<String>,
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub queries: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct QueryDoc {
+    pub id: Option<String>,
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+    pub spread: Option<String>,
+    pub engine: Option<String>,
+    pub sql: Option<String>,
+    pub destination: Option<String>,
+    pub timeout: Option<String>,
+    pub max_attempts: Option<i64>,
+    pub overlap: Option<String>,
+    pub estimated_duration: Option<String>,
+}
+
+/// The documents of one sync, before validation: each tenant with its apps.
+#[derive(Debug, Clone, Default)]
+pub struct RawCatalog {
+    pub tenants: Vec<RawTenant>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RawTenant {
+    pub doc: serde_json::Value,
+    pub apps: Vec<serde_json::Value>,
+}
+
+/// `(tenant_id, app_id, query_id)`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ScheduleKey {
+    pub tenant_id: Arc<str>,
+    pub app_id: Arc<str>,
+    pub query_id: Arc<str>,
+}
+
+impl fmt::Display for ScheduleKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.tenant_id, self.app_id, self.query_id)
+    }
+}
+
+/// One valid scheduled query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    pub key: ScheduleKey,
+    pub expression: String,
+    pub timezone: Tz,
+    pub cadence: Arc<Cadence>,
+    pub spread: Duration,
+    pub engine: Arc<str>,
+    pub sql: Arc<str>,
+    pub destination: Arc<str>,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub overlap: Overlap,
+    pub estimated_duration: Option<Duration>,
+}
+
+/// The rules and defaults validation applies.
+#[derive(Debug, Clone)]
+pub struct CatalogPolicy {
+    pub known_engines: BTreeSet<String>,
+    pub default_spread: Duration,
+    pub max_spread: Duration,
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+    pub default_max_attempts: u32,
+    pub max_sql_bytes: usize,
+}
+
+impl CatalogPolicy {
+    /// A permissive policy for tests: engine `warehouse`, no spread.
+    pub fn for_tests() -> Self {
+        CatalogPolicy {
+            known_engines: ["warehouse".to_owned()].into(),
+            default_spread: Duration::ZERO,
+            max_spread: Duration::from_secs(24 * 3600),
+            default_timeout: Duration::from_secs(300),
+            max_timeout: Duration::from_secs(3600),
+            default_max_attempts: 3,
+            max_sql_bytes: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ItemKind {
+    Tenant,
+    App,
+    Query,
+}
+
+impl ItemKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemKind::Tenant => "tenant",
+            ItemKind::App => "app",
+            ItemKind::Query => "query",
+        }
+    }
+}
+
+/// Why one catalog item was skipped.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Problem {
+    pub kind: ItemKind,
+    pub tenant_id: String,
+    pub app_id: Option<String>,
+    pub query_id: Option<String>,
+    /// The offending field (`document` when the item is not even an object of the right shape).
+    pub field: &'static str,
+    /// The offending value, shortened for logs.
+    pub value: String,
+    pub reason: String,
+}
+
+/// Counts by outcome, for metrics and the sync log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcomes {
+    pub scheduled: usize,
+    pub skipped: usize,
+    /// Suspended or deleted tenants, disabled apps: not errors, not scheduled.
+    pub inactive: usize,
+}
+
+/// A validated catalog.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub schedules: BTreeMap<ScheduleKey, Arc<Schedule>>,
+    pub problems: Vec<Problem>,
+    pub tenants: Outcomes,
+    pub apps: Outcomes,
+    pub queries: Outcomes,
+}
+
+const MISSING: &str = "(missing)";
+
+/// Shortens a value for a log line: long SQL texts are not worth 2 MB of log.
+pub fn shorten(value: &str) -> String {
+    const MAX: usize = 80;
+    if value.len() <= MAX {
+        return value.to_owned();
+    }
+    let mut cut = MAX;
+    while !value.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes)", &value[..cut], value.len())
+}
+
+fn parse_duration(field: &'static str, value: &str) -> Result<Duration, (&'static str, String)> {
+    humantime::parse_duration(value.trim()).map_err(|e| {
+        (
+            field,
+            format!("not a duration ({e}); use e.g. \"90s\", \"10m\", \"1h\""),
+        )
+    })
+}
+
+/// Validates every item of `raw` under `policy`.
+pub fn validate(raw: &RawCatalog, policy: &CatalogPolicy) -> Catalog {
+    let mut catalog = Catalog::default();
+    let mut seen_tenants = HashSet::new();
+    // Identical (expression, zone) pairs share one parsed cadence.
+    let mut cadences: HashMap<(String, Tz), Arc<Cadence>> = HashMap::new();
+
+    for raw_tenant in &raw.tenants {
+        let tenant_problem = |field, value: &str, reason: String, id: &str| Problem {
+            kind: ItemKind::Tenant,
+            tenant_id: id.to_owned(),
+            app_id: None,
+            query_id: None,
+            field,
+            value: shorten(value),
+            reason,
+        };
+        let doc: TenantDoc = match serde_json::from_value(raw_tenant.doc.clone()) {
+            Ok(doc) => doc,
+            Err(e) => {
+                let id = raw_tenant
+                    .doc
+                    .get("id")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or(MISSING);
+                catalog
+                    .problems
+                    .push(tenant_problem("document", "", e.to_string(), id));
+                catalog.tenants.skipped += 1;
+                continue;
+            }
+        };
+        let Some(tenant_id) = doc.id.as_deref() else {
+            catalog
+                .problems
+                .push(tenant_problem("id", "", "missing".into(), MISSING));
+            catalog.tenants.skipped += 1;
+            continue;
+        };
+        let checked = check_entity_id(tenant_id)
+            .map_err(|r| ("id", tenant_id.to_owned(), r))
+            .and_then(|()| {
+                if seen_tenants.insert(tenant_id.to_owned()) {
+                    Ok(())
+                } else {
+                    Err((
+                        "id",
+                        tenant_id.to_owned(),
+                        "duplicate tenant id; the first one is kept".into(),
+                    ))
+                }
+            })
+            .and_then(|()| match doc.status.as_deref() {
+                Some("active") | Some("suspended") | Some("deleted") => Ok(()),
+                other => Err((
+                    "status",
+                    other.unwrap_or(MISSING).to_owned(),
+                    "must be one of active, suspended, deleted".into(),
+                )),
+            })
+            .and_then(|()| match doc.timezone.as_deref() {
+                None => Ok(Tz::UTC),
+                Some(name) => name.parse::<Tz>().map_err(|_| {
+                    (
+                        "timezone",
+                        name.to_owned(),
+                        "unknown IANA time zone".to_owned(),
+                    )
+                }),
+            })
+            .and_then(|tz| match doc.weight {
+                Some(w) if !(w.is_finite() && w > 0.0) => {
+                    Err(("weight", w.to_string(), "must be a positive number".into()))
+                }
+                _ => Ok(tz),
+            });
+        let tenant_tz = match checked {
+            Ok(tz) => tz,
+            Err((field, value, reason)) => {
+                catalog
+                    .problems
+                    .push(tenant_problem(field, &value, reason, tenant_id));
+                catalog.tenants.skipped += 1;
+                continue;
+            }
+        };
+        if doc.status.as_deref() != Some("active") {
+            catalog.tenants.inactive += 1;
+            continue;
+        }
+        catalog.tenants.scheduled += 1;
+        let tenant_key: Arc<str> = Arc::from(tenant_id);
+        let mut seen_apps = HashSet::new();
+
+        for raw_app in &raw_tenant.apps {
+            let app_problem = |field, value: &str, reason: String, id: &str| Problem {
+                kind: ItemKind::App,
+                tenant_id: tenant_id.to_owned(),
+                app_id: Some(id.to_owned()),
+                query_id: None,
+                field,
+                value: shorten(value),
+                reason,
+            };
+            let app: AppDoc = match serde_json::from_value(raw_app.clone()) {
+                Ok(app) => app,
+                Err(e) => {
+                    let id = raw_app
+                        .get("id")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or(MISSING);
+                    catalog
+                        .problems
+                        .push(app_problem("document", "", e.to_string(), id));
+                    catalog.apps.skipped += 1;
+                    continue;
+                }
+            };
+            let app_id = app.id.as_deref().unwrap_or(MISSING);
+            let app_check = if app.id.is_none() {
+                Err("missing".to_owned())
+            } else {
+                check_entity_id(app_id)
+            }
+            .and_then(|()| {
+                if seen_apps.insert(app_id.to_owned()) {
+                    Ok(())
+                } else {
+                    Err("duplicate app id; the first one is kept".into())
+                }
+            });
+            if let Err(reason) = app_check {
+                catalog
+                    .problems
+                    .push(app_problem("id", app_id, reason, app_id));
+                catalog.apps.skipped += 1;
+                continue;
+            }
+            if app.enabled == Some(false) {
+                catalog.apps.inactive += 1;
+                continue;
+            }
+            catalog.apps.scheduled += 1;
+            let app_key: Arc<str> = Arc::from(app_id);
+            let mut seen_queries = HashSet::new();
+
+            for raw_query in &app.queries {
+                let query_id_hint = raw_query
+                    .get("id")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or(MISSING)
+                    .to_owned();
+                let result = serde_json::from_value::<QueryDoc>(raw_query.clone())
+                    .map_err(|e| ("document", String::new(), e.to_string()))
+                    .and_then(|q| {
+                        validate_query(&q, tenant_tz, policy, &mut seen_queries, &mut cadences)
+                            .map_err(|(field, reason)| (field, field_value(&q, field), reason))
+                    });
+                match result {
+                    Ok(parts) => {
+                        let key = ScheduleKey {
+                            tenant_id: tenant_key.clone(),
+                            app_id: app_key.clone(),
+                            query_id: Arc::from(query_id_hint.as_str()),
+                        };
+                        catalog
+                            .schedules
+                            .insert(key.clone(), Arc::new(parts.into_schedule(key)));
+                        catalog.queries.scheduled += 1;
+                    }
+                    Err((field, value, reason)) => {
+                        catalog.problems.push(Problem {
+                            kind: ItemKind::Query,
+                            tenant_id: tenant_id.to_owned(),
+                            app_id: Some(app_id.to_owned()),
+                            query_id: Some(query_id_hint),
+                            field,
+                            value: shorten(&value),
+                            reason,
+                        });
+                        catalog.queries.skipped += 1;
+                    }
+                }
+            }
+        }
+    }
+    catalog
+}
+
+/// A query's validated fields, before it is keyed.
+struct QueryParts {
+    expression: String,
+    timezone: Tz,
+    cadence: Arc<Cadence>,
+    spread: Duration,
+    engine: String,
+    sql: String,
+    destination: String,
+    timeout: Duration,
+    max_attempts: u32,
+    overlap: Overlap,
+    estimated_duration: Option<Duration>,
+}
+
+impl QueryParts {
+    fn into_schedule(self, key: ScheduleKey) -> Schedule {
+        Schedule {
+            key,
+            expression: self.expression,
+            timezone: self.timezone,
+            cadence: self.cadence,
+            spread: self.spread,
+            engine: Arc::from(self.engine),
+            sql: Arc::from(self.sql),
+            destination: Arc::from(self.destination),
+            timeout: self.timeout,
+            max_attempts: self.max_attempts,
+            overlap: self.overlap,
+            estimated_duration: self.estimated_duration,
+        }
+    }
+}
+
+fn field_value(q: &QueryDoc, field: &str) -> String {
+    let v = match field {
+        "id" => q.id.clone(),
+        "schedule" => q.schedule.clone(),
+        "timezone" => q.timezone.clone(),
+        "spread" => q.spread.clone(),
+        "engine" => q.engine.clone(),
+        "sql" => q.sql.clone(),
+        "destination" => q.destination.clone(),
+        "timeout" => q.timeout.clone(),
+        "max_attempts" => q.max_attempts.map(|n| n.to_string()),
+        "overlap" => q.overlap.clone(),
+        "estimated_duration" => q.estimated_duration.clone(),
+        _ => None,
+    };
+    v.unwrap_or_default()
+}
+
+fn validate_query(
+    q: &QueryDoc,
+    tenant_tz: Tz,
+    policy: &CatalogPolicy,
+    seen: &mut HashSet<String>,
+    cadences: &mut HashMap<(String, Tz), Arc<Cadence>>,
+) -> Result<QueryParts, (&'static str, String)> {
+    let id = q.id.as_deref().ok_or(("id", "missing".to_owned()))?;
+    check_query_id(id).map_err(|r| ("id", r))?;
+    if !seen.insert(id.to_owned()) {
+        return Err((
+            "id",
+            "duplicate query id in this app; the first one is kept".into(),
+        ));
+    }
+    let timezone = match q.timezone.as_deref() {
+        None => tenant_tz,
+        Some(name) => name
+            .parse::<Tz>()
+            .map_err(|_| ("timezone", "unknown IANA time zone".to_owned()))?,
+    };
+    let expression = q
+        .schedule
+        .as_deref()
+        .ok_or(("schedule", "missing".to_owned()))?
+        .trim()
+        .to_owned();
+    let cadence = match cadences.get(&(expression.clone(), timezone)) {
+        Some(c) => c.clone(),
+        None => {
+            let c = Arc::new(Cadence::parse(&expression, timezone).map_err(|r| ("schedule", r))?);
+            cadences.insert((expression.clone(), timezone), c.clone());
+            c
+        }
+    };
+    let spread = match q.spread.as_deref() {
+        None => policy.default_spread,
+        Some(s) => parse_duration("spread", s)?,
+    };
+    if spread > policy.max_spread {
+        return Err((
+            "spread",
+            format!(
+                "longer than the allowed maximum {}",
+                humantime::format_duration(policy.max_spread)
+            ),
+        ));
+    }
+    let engine = q
+        .engine
+        .as_deref()
+        .ok_or(("engine", "missing".to_owned()))?;
+    if !policy.known_engines.contains(engine) {
+        let known: Vec<&str> = policy.known_engines.iter().map(String::as_str).collect();
+        return Err((
+            "engine",
+            format!("unknown engine; configured engines: {}", known.join(", ")),
+        ));
+    }
+    let sql = q.sql.as_deref().ok_or(("sql", "missing".to_owned()))?;
+    if sql.trim().is_empty() {
+        return Err(("sql", "empty".into()));
+    }
+    if sql.len() > policy.max_sql_bytes {
+        return Err((
+            "sql",
+            format!(
+                "{} bytes, over the limit of {} bytes (catalog.max_sql_bytes)",
+                sql.len(),
+                policy.max_sql_bytes
+            ),
+        ));
+    }
+    let destination = q
+        .destination
+        .as_deref()
+        .ok_or(("destination", "missing".to_owned()))?;
+    check_destination(destination).map_err(|r| ("destination", r))?;
+    let timeout = match q.timeout.as_deref() {
+        None => policy.default_timeout,
+        Some(s) => parse_duration("timeout", s)?,
+    };
+    if timeout.is_zero() || timeout > policy.max_timeout {
+        return Err((
+            "timeout",
+            format!(
+                "must be above 0 and at most {}",
+                humantime::format_duration(policy.max_timeout)
+            ),
+        ));
+    }
+    let max_attempts = match q.max_attempts {
+        None => policy.default_max_attempts,
+        Some(n) if (1..=100).contains(&n) => n as u32,
+        Some(_) => return Err(("max_attempts", "must be between 1 and 100".into())),
+    };
+    let overlap = match q.overlap.as_deref() {
+        None | Some("skip") => Overlap::Skip,
+        Some("allow") => Overlap::Allow,
+        Some(_) => return Err(("overlap", "must be skip or allow".into())),
+    };
+    let estimated_duration = q
+        .estimated_duration
+        .as_deref()
+        .map(|s| parse_duration("estimated_duration", s))
+        .transpose()?;
+    Ok(QueryParts {
+        expression,
+        timezone,
+        cadence,
+        spread,
+        engine: engine.to_owned(),
+        sql: sql.to_owned(),
+        destination: destination.to_owned(),
+        timeout,
+        max_attempts,
+        overlap,
+        estimated_duration,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn query(id: &str) -> serde_json::Value {
+        json!({"id": id, "schedule": "0 * * * *", "engine": "warehouse", "sql": "SELECT 1", "destination": "t"})
+    }
+
+    fn one_tenant(queries: Vec<serde_json::Value>) -> RawCatalog {
+        RawCatalog {
+            tenants: vec![RawTenant {
+                doc: json!({"id": "acme", "status": "active", "timezone": "America/Sao_Paulo"}),
+                apps: vec![json!({"id": "sales", "enabled": true, "queries": queries})],
+            }],
+        }
+    }
+
+    fn only_problem(c: &Catalog) -> &Problem {
+        assert_eq!(c.problems.len(), 1, "{:#?}", c.problems);
+        &c.problems[0]
+    }
+
+    #[test]
+    fn a_valid_query_becomes_a_schedule_with_defaults_and_the_tenant_zone() {
+        let c = validate(&one_tenant(vec![query("q1")]), &CatalogPolicy::for_tests());
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        let s = c.schedules.values().next().expect("one schedule");
+        assert_eq!(s.key.to_string(), "acme/sales/q1");
+        assert_eq!(s.timezone, chrono_tz::America::Sao_Paulo);
+        assert_eq!(
+            (s.timeout, s.max_attempts, s.overlap),
+            (Duration::from_secs(300), 3, Overlap::Skip)
+        );
+    }
+
+    #[test]
+    fn each_invalid_query_is_skipped_with_its_field_and_the_rest_are_kept() {
+        let mut cases = vec![
+            ("bad-cron", "schedule", json!("61 * * * *")),
+            ("bad-tz", "timezone", json!("Mars/Olympus")),
+            ("bad-engine", "engine", json!("oracle")),
+            ("empty-sql", "sql", json!("  ")),
+            ("huge-sql", "sql", json!("x".repeat(2 * 1024 * 1024))),
+            ("bad-dest", "destination", json!("public.t")),
+            ("bad-timeout", "timeout", json!("forever")),
+            ("bad-overlap", "overlap", json!("queue")),
+        ];
+        for (id, field, value) in cases.drain(..) {
+            let mut bad = query(id);
+            bad[field] = value;
+            let c = validate(
+                &one_tenant(vec![query("good"), bad]),
+                &CatalogPolicy::for_tests(),
+            );
+            let p = only_problem(&c);
+            assert_eq!(
+                (p.kind, p.field, p.query_id.as_deref()),
+                (ItemKind::Query, field, Some(id)),
+                "{p:?}"
+            );
+            assert_eq!(c.schedules.len(), 1, "{id}: the valid query must stay");
+            assert!(p.value.len() < 200, "values are shortened for logs");
+        }
+    }
+
+    #[test]
+    fn a_duplicate_query_id_keeps_the_first() {
+        let mut second = query("q1");
+        second["sql"] = json!("SELECT 2");
+        let c = validate(
+            &one_tenant(vec![query("q1"), second]),
+            &CatalogPolicy::for_tests(),
+        );
+        assert_eq!(only_problem(&c).field, "id");
+        assert_eq!(&*c.schedules.values().next().expect("kept").sql, "SELECT 1");
+    }
+
+    #[test]
+    fn a_wrongly_typed_field_skips_only_that_query() {
+        let mut bad = query("typed");
+        bad["max_attempts"] = json!("three");
+        let c = validate(
+            &one_tenant(vec![bad, query("ok")]),
+            &CatalogPolicy::for_tests(),
+        );
+        let p = only_problem(&c);
+        assert_eq!(
+            (p.field, p.query_id.as_deref()),
+            ("document", Some("typed"))
+        );
+        assert!(
+            p.reason.contains("max_attempts") || p.reason.contains("invalid type"),
+            "{}",
+            p.reason
+        );
+        assert_eq!(c.schedules.len(), 1);
+    }
+
+    #[test]
+    fn inactive_tenants_and_disabled_apps_are_not_scheduled_and_not_errors() {
+        let raw = RawCatalog {
+            tenants: vec![
+                RawTenant {
+                    doc: json!({"id": "gone", "status": "deleted"}),
+                    apps: vec![json!({"id": "a", "queries": [query("q")]})],
+                },
+                RawTenant {
+                    doc: json!({"id": "on", "status": "active"}),
+                    apps: vec![json!({"id": "off", "enabled": false, "queries": [query("q")]})],
+                },
+            ],
+        };
+        let c = validate(&raw, &CatalogPolicy::for_tests());
+        assert!(c.problems.is_empty() && c.schedules.is_empty());
+        assert_eq!((c.tenants.inactive, c.apps.inactive), (1, 1));
+    }
+
+    #[test]
+    fn a_tenant_with_an_unknown_zone_or_status_is_skipped() {
+        let raw = RawCatalog {
+            tenants: vec![
+                RawTenant {
+                    doc: json!({"id": "a", "status": "active", "timezone": "Nowhere/Land"}),
+                    apps: vec![],
+                },
+                RawTenant {
+                    doc: json!({"id": "b", "status": "paused"}),
+                    apps: vec![],
+                },
+                RawTenant {
+                    doc: json!({"id": "c", "status": "active"}),
+                    apps: vec![],
+                },
+            ],
+        };
+        let c = validate(&raw, &CatalogPolicy::for_tests());
+        let fields: Vec<_> = c
+            .problems
+            .iter()
+            .map(|p| (p.tenant_id.as_str(), p.field))
+            .collect();
+        assert_eq!(fields, vec![("a", "timezone"), ("b", "status")]);
+        assert_eq!(c.tenants.scheduled, 1);
+    }
+
+    #[test]
+    fn identical_expressions_share_one_parsed_cadence() {
+        let c = validate(
+            &one_tenant(vec![query("a"), query("b")]),
+            &CatalogPolicy::for_tests(),
+        );
+        let v: Vec<_> = c.schedules.values().collect();
+        assert!(Arc::ptr_eq(&v[0].cadence, &v[1].cadence));
+    }
+}

@@ -1,0 +1,17 @@
+//! The controller: syncs the catalog from the platform, validates it, places every run
+//! inside its spread window, keeps a timer per schedule and publishes one job message per
+//! due run. It never runs a query.
+
+pub mod app;
+pub mod catalog;
+pub mod metrics;
+pub mod placement;
+pub mod platform;
+pub mod publisher;
+pub mod schedule;
+pub mod settings;
+pub mod sync;
+pub mod timer;
+
+pub use app::Application;
+pub use settings::Settings;

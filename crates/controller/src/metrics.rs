@@ -1,0 +1,115 @@
+//! Every metric the controller exports, declared in one place. Labels are bounded: item
+//! kinds, field names and outcomes, never tenant ids.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ItemLabels {
+    pub kind: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProblemLabels {
+    pub kind: &'static str,
+    pub field: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    /// Catalog items of the last successful sync, by kind and outcome.
+    pub catalog_items: Family<ItemLabels, Gauge>,
+    /// Catalog items skipped as invalid, counted when a problem first appears.
+    pub catalog_problems: Family<ProblemLabels, Counter>,
+    pub catalog_syncs: Family<OutcomeLabels, Counter>,
+    pub schedules: Gauge,
+    pub runs_due: Counter,
+    pub runs_published: Counter,
+    pub publish_failures: Counter,
+    /// Due runs not published because the controller stopped first.
+    pub runs_unpublished_at_shutdown: Counter,
+    pub publish_queue: Gauge,
+    /// Seconds between a run's placed time and the moment the timer handed it over.
+    pub fire_lateness: Histogram,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Metrics {
+            catalog_items: Family::default(),
+            catalog_problems: Family::default(),
+            catalog_syncs: Family::default(),
+            schedules: Gauge::default(),
+            runs_due: Counter::default(),
+            runs_published: Counter::default(),
+            publish_failures: Counter::default(),
+            runs_unpublished_at_shutdown: Counter::default(),
+            publish_queue: Gauge::default(),
+            fire_lateness: Histogram::new([
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0,
+            ]),
+        };
+        let r = registry.sub_registry_with_prefix("controller");
+        r.register(
+            "catalog_items",
+            "Catalog items of the last successful sync by kind and outcome",
+            m.catalog_items.clone(),
+        );
+        r.register(
+            "catalog_problems",
+            "Invalid catalog items skipped, by kind and field",
+            m.catalog_problems.clone(),
+        );
+        r.register(
+            "catalog_syncs",
+            "Catalog syncs by outcome",
+            m.catalog_syncs.clone(),
+        );
+        r.register(
+            "schedules",
+            "Schedules held by the timer",
+            m.schedules.clone(),
+        );
+        r.register(
+            "runs_due",
+            "Runs handed over by the timer",
+            m.runs_due.clone(),
+        );
+        r.register(
+            "runs_published",
+            "Job messages confirmed published",
+            m.runs_published.clone(),
+        );
+        r.register(
+            "publish_failures",
+            "Failed publish attempts (each is retried)",
+            m.publish_failures.clone(),
+        );
+        r.register(
+            "runs_unpublished_at_shutdown",
+            "Due runs not published because the controller stopped",
+            m.runs_unpublished_at_shutdown.clone(),
+        );
+        r.register(
+            "publish_queue",
+            "Due runs waiting to be published",
+            m.publish_queue.clone(),
+        );
+        r.register(
+            "fire_lateness_seconds",
+            "Delay between a run's placed time and its hand-over",
+            m.fire_lateness.clone(),
+        );
+        m
+    }
+}

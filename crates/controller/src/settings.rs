@@ -1,0 +1,336 @@
+//! The controller's configuration: defaults, then `--config FILE`, then environment
+//! variables `CONTROLLER_SECTION__KEY` (e.g. `CONTROLLER_PLATFORM__BASE_URL`).
+
+use crate::catalog::CatalogPolicy;
+use crate::placement::Strategy;
+use serde::{Deserialize, Serialize};
+use service_kit::settings::{Layered, Validate};
+use service_kit::telemetry::LogSettings;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub admin: AdminSettings,
+    pub log: LogSettings,
+    pub platform: PlatformSettings,
+    pub catalog: CatalogSettings,
+    pub placement: PlacementSettings,
+    pub pubsub: PubsubSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Address of the admin HTTP server (`/livez`, `/readyz`, `/metrics`).
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatalogSource {
+    /// The platform HTTP API.
+    Api,
+    /// A catalog file with the same documents.
+    File,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlatformSettings {
+    pub source: CatalogSource,
+    /// Base URL of the platform API, e.g. `https://platform.example.com/api`.
+    pub base_url: String,
+    /// Environment variable holding the bearer token (used when `token_file` is unset).
+    pub token_env: String,
+    /// A file holding the bearer token (a mounted secret); read at every sync.
+    pub token_file: Option<PathBuf>,
+    /// The catalog file, when `source = "file"` (JSON, or YAML by extension).
+    pub catalog_file: Option<PathBuf>,
+    pub page_size: u32,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Attempts per request before the sync fails (429, 5xx, timeouts, connection errors).
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Tenants whose apps are fetched concurrently.
+    pub concurrency: usize,
+}
+
+impl Default for PlatformSettings {
+    fn default() -> Self {
+        PlatformSettings {
+            source: CatalogSource::Api,
+            base_url: String::new(),
+            token_env: "PLATFORM_API_TOKEN".into(),
+            token_file: None,
+            catalog_file: None,
+            page_size: 100,
+            request_timeout: Duration::from_secs(30),
+            max_attempts: 6,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            concurrency: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogSettings {
+    /// How often the catalog is re-read and diffed against the running schedules.
+    #[serde(with = "humantime_serde")]
+    pub sync_interval: Duration,
+    /// Engine names queries may use; any other is an invalid item.
+    pub engines: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub default_spread: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_spread: Duration,
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_timeout: Duration,
+    pub default_max_attempts: u32,
+    pub max_sql_bytes: usize,
+}
+
+impl Default for CatalogSettings {
+    fn default() -> Self {
+        CatalogSettings {
+            sync_interval: Duration::from_secs(60),
+            engines: vec!["warehouse".into()],
+            default_spread: Duration::ZERO,
+            max_spread: Duration::from_secs(3600),
+            default_timeout: Duration::from_secs(300),
+            max_timeout: Duration::from_secs(3600),
+            default_max_attempts: 3,
+            max_sql_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl CatalogSettings {
+    pub fn policy(&self) -> CatalogPolicy {
+        CatalogPolicy {
+            known_engines: self.engines.iter().cloned().collect(),
+            default_spread: self.default_spread,
+            max_spread: self.max_spread,
+            default_timeout: self.default_timeout,
+            max_timeout: self.max_timeout,
+            default_max_attempts: self.default_max_attempts,
+            max_sql_bytes: self.max_sql_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlacementSettings {
+    pub strategy: Strategy,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PubsubSettings {
+    /// Google Cloud project of the topics. `PUBSUB_EMULATOR_HOST` selects the emulator.
+    pub project: String,
+    pub jobs_topic: String,
+    /// Create the jobs topic at start-up if missing (emulator and development).
+    pub create_topics: bool,
+    /// Bound on the client's own publish retries; the controller retries beyond it.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// Publishes in flight at once.
+    pub max_in_flight: usize,
+    /// Time given to in-flight publishes at shutdown.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for PubsubSettings {
+    fn default() -> Self {
+        PubsubSettings {
+            project: "local-project".into(),
+            jobs_topic: "jobs".into(),
+            create_topics: false,
+            publish_timeout: Duration::from_secs(30),
+            max_in_flight: 256,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn check_topic_name(key: &str, name: &str, problems: &mut Vec<String>) {
+    let ok = name.len() >= 3
+        && name.len() <= 255
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c))
+        && !name.starts_with("goog");
+    if !ok {
+        problems.push(format!(
+            "{key} {name:?} is not a valid Pub/Sub name (3-255 characters, starts with a letter, [A-Za-z0-9-_.~+%])"
+        ));
+    }
+}
+
+impl Layered for Settings {
+    const ENV_PREFIX: &'static str = "CONTROLLER";
+    const LIST_KEYS: &'static [&'static str] = &["catalog.engines"];
+}
+
+impl Validate for Settings {
+    fn problems(&self) -> Vec<String> {
+        let mut p = self.log.problems();
+        let pl = &self.platform;
+        match pl.source {
+            CatalogSource::Api => {
+                if !(pl.base_url.starts_with("http://") || pl.base_url.starts_with("https://")) {
+                    p.push(format!("platform.base_url {:?} must be an http:// or https:// URL when platform.source = \"api\"", pl.base_url));
+                }
+                if pl.token_file.is_none() && pl.token_env.trim().is_empty() {
+                    p.push("platform.token_env is empty and platform.token_file is unset: no way to get the token".into());
+                }
+            }
+            CatalogSource::File => match &pl.catalog_file {
+                None => p.push(
+                    "platform.catalog_file must be set when platform.source = \"file\"".into(),
+                ),
+                Some(path) if !path.exists() => p.push(format!(
+                    "platform.catalog_file {} does not exist",
+                    path.display()
+                )),
+                Some(_) => {}
+            },
+        }
+        if !(1..=1000).contains(&pl.page_size) {
+            p.push(format!(
+                "platform.page_size {} must be between 1 and 1000",
+                pl.page_size
+            ));
+        }
+        if pl.request_timeout.is_zero() {
+            p.push("platform.request_timeout must be above 0".into());
+        }
+        if pl.max_attempts == 0 {
+            p.push("platform.max_attempts must be at least 1".into());
+        }
+        if pl.initial_backoff > pl.max_backoff {
+            p.push("platform.initial_backoff must not exceed platform.max_backoff".into());
+        }
+        if pl.concurrency == 0 {
+            p.push("platform.concurrency must be at least 1".into());
+        }
+        let c = &self.catalog;
+        if c.sync_interval < Duration::from_secs(1) {
+            p.push(format!(
+                "catalog.sync_interval {:?} must be at least 1s",
+                c.sync_interval
+            ));
+        }
+        if c.engines.is_empty() {
+            p.push("catalog.engines is empty: no query could ever be scheduled".into());
+        }
+        if c.default_spread > c.max_spread {
+            p.push("catalog.default_spread must not exceed catalog.max_spread".into());
+        }
+        if c.default_timeout.is_zero() || c.default_timeout > c.max_timeout {
+            p.push(
+                "catalog.default_timeout must be above 0 and at most catalog.max_timeout".into(),
+            );
+        }
+        if !(1..=100).contains(&c.default_max_attempts) {
+            p.push(format!(
+                "catalog.default_max_attempts {} must be between 1 and 100",
+                c.default_max_attempts
+            ));
+        }
+        if c.max_sql_bytes == 0 {
+            p.push("catalog.max_sql_bytes must be above 0".into());
+        }
+        let ps = &self.pubsub;
+        if ps.project.trim().is_empty() {
+            p.push("pubsub.project is empty".into());
+        }
+        check_topic_name("pubsub.jobs_topic", &ps.jobs_topic, &mut p);
+        if ps.publish_timeout.is_zero() {
+            p.push("pubsub.publish_timeout must be above 0".into());
+        }
+        if ps.max_in_flight == 0 {
+            p.push("pubsub.max_in_flight must be at least 1".into());
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn environment_variables_override_nested_keys() {
+        let env: HashMap<String, String> = [
+            ("CONTROLLER_PLATFORM__BASE_URL", "http://127.0.0.1:1"),
+            ("CONTROLLER_CATALOG__SYNC_INTERVAL", "5s"),
+            ("CONTROLLER_CATALOG__ENGINES", "warehouse,lake"),
+            ("CONTROLLER_PUBSUB__CREATE_TOPICS", "true"),
+            ("UNRELATED", "x"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let s: Settings =
+            service_kit::settings::load(None, &env).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(s.platform.base_url, "http://127.0.0.1:1");
+        assert_eq!(s.catalog.sync_interval, Duration::from_secs(5));
+        assert_eq!(s.catalog.engines, vec!["warehouse", "lake"]);
+        assert!(s.pubsub.create_topics);
+        assert!(s.problems().is_empty(), "{:?}", s.problems());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut s = Settings::default();
+        s.platform.page_size = 0;
+        s.catalog.engines.clear();
+        s.pubsub.jobs_topic = "j".into();
+        let problems = s.problems();
+        for needle in [
+            "platform.base_url",
+            "platform.page_size",
+            "catalog.engines",
+            "pubsub.jobs_topic",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(needle)),
+                "{needle} missing from {problems:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_that_names_it() {
+        let env: HashMap<String, String> =
+            [("CONTROLLER_PLATFORM__BASE_ULR".to_owned(), "x".to_owned())]
+                .into_iter()
+                .collect();
+        let err = service_kit::settings::load::<Settings>(None, &env).expect_err("typo");
+        assert!(err.to_string().contains("base_ulr"), "{err}");
+    }
+}

@@ -1,0 +1,147 @@
+//! Catalog sync: read the documents, validate them, diff them into the timer. A failed
+//! read keeps the running schedules; new problems are logged once and counted.
+
+use crate::catalog::{self, Catalog, CatalogPolicy, Problem, RawCatalog};
+use crate::metrics::{ItemLabels, Metrics, OutcomeLabels, ProblemLabels};
+use crate::platform::{self, PlatformClient, PlatformError};
+use crate::timer::{Diff, Timer};
+use chrono::Utc;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+/// Where the catalog documents come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Api(PlatformClient),
+    File(PathBuf),
+}
+
+impl Source {
+    pub async fn read(&self) -> Result<RawCatalog, PlatformError> {
+        match self {
+            Source::Api(client) => client.fetch().await,
+            Source::File(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || platform::read_catalog_file(&path))
+                    .await
+                    .map_err(|e| PlatformError::File {
+                        path: PathBuf::new(),
+                        reason: e.to_string(),
+                    })?
+            }
+        }
+    }
+}
+
+pub struct Syncer {
+    pub source: Source,
+    pub policy: CatalogPolicy,
+    pub timer: Arc<Mutex<Timer>>,
+    pub timer_changed: Arc<Notify>,
+    pub metrics: Metrics,
+    known_problems: BTreeSet<Problem>,
+}
+
+impl Syncer {
+    pub fn new(
+        source: Source,
+        policy: CatalogPolicy,
+        timer: Arc<Mutex<Timer>>,
+        timer_changed: Arc<Notify>,
+        metrics: Metrics,
+    ) -> Self {
+        Syncer {
+            source,
+            policy,
+            timer,
+            timer_changed,
+            metrics,
+            known_problems: BTreeSet::new(),
+        }
+    }
+
+    /// One sync: read, validate, apply. On error the running schedules stay as they are.
+    pub async fn sync_once(&mut self) -> Result<(Diff, Catalog), PlatformError> {
+        let started = std::time::Instant::now();
+        let raw = match self.source.read().await {
+            Ok(raw) => raw,
+            Err(e) => {
+                self.metrics
+                    .catalog_syncs
+                    .get_or_create(&OutcomeLabels { outcome: "failed" })
+                    .inc();
+                return Err(e);
+            }
+        };
+        let policy = self.policy.clone();
+        let catalog = tokio::task::spawn_blocking(move || catalog::validate(&raw, &policy))
+            .await
+            .map_err(|e| PlatformError::Token(format!("validation task failed: {e}")))?;
+        self.report_problems(&catalog);
+        let diff = {
+            let mut timer = self.timer.lock().unwrap_or_else(|p| p.into_inner());
+            let diff = timer.apply(&catalog.schedules, Utc::now());
+            self.metrics.schedules.set(timer.len() as i64);
+            diff
+        };
+        self.timer_changed.notify_one();
+        self.metrics
+            .catalog_syncs
+            .get_or_create(&OutcomeLabels { outcome: "ok" })
+            .inc();
+        for (kind, o) in [
+            ("tenant", catalog.tenants),
+            ("app", catalog.apps),
+            ("query", catalog.queries),
+        ] {
+            for (outcome, n) in [
+                ("scheduled", o.scheduled),
+                ("skipped", o.skipped),
+                ("inactive", o.inactive),
+            ] {
+                self.metrics
+                    .catalog_items
+                    .get_or_create(&ItemLabels { kind, outcome })
+                    .set(n as i64);
+            }
+        }
+        tracing::info!(
+            schedules = catalog.schedules.len(),
+            added = diff.added,
+            changed = diff.changed,
+            removed = diff.removed,
+            unchanged = diff.unchanged,
+            problems = catalog.problems.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "catalog synced"
+        );
+        Ok((diff, catalog))
+    }
+
+    /// Logs and counts each problem the first time it appears.
+    fn report_problems(&mut self, catalog: &Catalog) {
+        let current: BTreeSet<Problem> = catalog.problems.iter().cloned().collect();
+        for p in current.difference(&self.known_problems) {
+            self.metrics
+                .catalog_problems
+                .get_or_create(&ProblemLabels {
+                    kind: p.kind.as_str(),
+                    field: p.field,
+                })
+                .inc();
+            tracing::warn!(
+                kind = p.kind.as_str(),
+                tenant_id = %p.tenant_id,
+                app_id = p.app_id.as_deref().unwrap_or(""),
+                query_id = p.query_id.as_deref().unwrap_or(""),
+                field = p.field,
+                value = %p.value,
+                reason = %p.reason,
+                "catalog item skipped"
+            );
+        }
+        self.known_problems = current;
+    }
+}
