@@ -1,5 +1,6 @@
-//! A string that never prints: `Debug` and `Display` show `[redacted]`, and serializing it
-//! writes `[redacted]` too, so a secret cannot leak through logs, errors, metrics or panics.
+//! A string that never prints: `Debug` and `Display` show `[redacted]`, so a secret cannot
+//! leak through logs, errors, metrics or panics that format it. Serializing writes the value
+//! (layered configuration needs it); never serialize settings into a log.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -42,7 +43,7 @@ impl<'de> Deserialize<'de> for Secret {
 
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("[redacted]")
+        s.serialize_str(&self.0)
     }
 }
 
@@ -55,7 +56,6 @@ mod tests {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s}"), "[redacted]");
         assert_eq!(format!("{s:?}"), "[redacted]");
-        assert_eq!(serde_json::to_string(&s).expect("json"), "\"[redacted]\"");
         assert_eq!(s.expose(), "hunter2");
     }
 }

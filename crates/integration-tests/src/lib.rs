@@ -1,0 +1,163 @@
+//! The harness of the black-box tests: the real parts they run against and helpers to
+//! drive them. `scripts/test` starts the Pub/Sub emulator and PostgreSQL and exports
+//! `PUBSUB_EMULATOR_HOST` and `TEST_DATABASE_URL`; a test without them fails and says so.
+
+pub mod platform;
+
+use pubsub_bus::{Connection, SubscriptionSpec};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Installs a test log subscriber once (`RUST_LOG` to see more).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn required_env(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the tests with scripts/test, which starts the Pub/Sub emulator and PostgreSQL")
+    })
+}
+
+/// A name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+/// The process environment the applications see: only the emulator host.
+pub fn app_env() -> HashMap<String, String> {
+    [(
+        pubsub_bus::EMULATOR_HOST_VAR.to_owned(),
+        required_env("PUBSUB_EMULATOR_HOST"),
+    )]
+    .into()
+}
+
+/// A connection to the emulator in a project of its own.
+pub fn emulator(project: &str) -> Connection {
+    Connection::from_env(project, &app_env())
+}
+
+/// Creates `topic` and a plain subscription on it, so a test can read what is published.
+pub async fn tap(conn: &Connection, topic: &str) -> String {
+    conn.ensure_topic(topic).await.expect("create topic");
+    let sub = format!("{topic}-tap");
+    conn.ensure_subscription(&SubscriptionSpec::plain(&sub, topic))
+        .await
+        .expect("create tap subscription");
+    sub
+}
+
+/// A message read from a subscription.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub data: Vec<u8>,
+    pub attributes: HashMap<String, String>,
+}
+
+/// Reads from `subscription` (acking everything) until `done` holds for what was read or
+/// `timeout` passes; returns what was read either way.
+pub async fn read_until(
+    conn: &Connection,
+    subscription: &str,
+    timeout: Duration,
+    done: impl Fn(&[Received]) -> bool,
+) -> Vec<Received> {
+    let subscriber = conn.subscriber().await.expect("subscriber");
+    let mut stream = subscriber
+        .subscribe(conn.subscription_path(subscription))
+        .build();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut got = Vec::new();
+    while !done(&got) {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok((m, h)))) => {
+                h.ack();
+                got.push(Received {
+                    data: m.data.to_vec(),
+                    attributes: m.attributes.clone(),
+                });
+            }
+            Ok(Some(Err(e))) => panic!("reading {subscription} failed: {e}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    stream.shutdown_token().shutdown().await;
+    got
+}
+
+/// A fresh database on the test PostgreSQL.
+pub struct TestDb {
+    pub url: String,
+    pub client: tokio_postgres::Client,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let admin_url = required_env("TEST_DATABASE_URL");
+        let name = unique("db").replace('-', "_");
+        let admin = connect(&admin_url).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        let url = match admin_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("TEST_DATABASE_URL {admin_url:?} has no database part"),
+        };
+        let client = connect(&url).await;
+        TestDb { url, client }
+    }
+}
+
+/// Connects and drives the connection in the background.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to PostgreSQL");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// GETs an admin endpoint and returns the status and body.
+pub async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let resp = reqwest::get(format!("http://{addr}{path}"))
+        .await
+        .expect("admin endpoint answers");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.expect("body"))
+}
+
+/// The value of a metric line (`name{labels} value`) in Prometheus text, if present.
+pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

@@ -1,0 +1,236 @@
+//! The worker application: build it from settings (binding the admin port), then run it
+//! until the shutdown token is cancelled.
+
+use crate::consumer::{ConsumerSettings, run_consumer};
+use crate::engines::Engine;
+use crate::engines::postgres::PostgresEngine;
+use crate::metrics::Metrics;
+use crate::runner::{Outputs, Runner};
+use crate::settings::{EngineKind, Settings};
+use anyhow::Context;
+use async_trait::async_trait;
+use jobs_core::ResultEvent;
+use prometheus_client::registry::Registry;
+use pubsub_bus::{Connection, DeadLetterSpec, SubscriptionSpec, TopicPublisher};
+use service_kit::admin::{self, AdminServer, AdminState, Readiness};
+use service_kit::supervisor::Supervisor;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const CHECK_ENGINES: &str = "engines";
+const CHECK_PUBSUB: &str = "pubsub";
+
+/// Results and dead letters on Pub/Sub.
+struct PubsubOutputs {
+    results: TopicPublisher,
+    dead_letters: TopicPublisher,
+}
+
+#[async_trait]
+impl Outputs for PubsubOutputs {
+    async fn publish_result(&self, event: &ResultEvent) -> anyhow::Result<()> {
+        use jobs_core::attributes as a;
+        let attributes = [
+            (a::TENANT_ID, event.tenant_id.clone()),
+            (a::APP_ID, event.app_id.clone()),
+            (a::QUERY_ID, event.query_id.clone()),
+            (a::JOB_ID, event.job_id.to_string()),
+            (a::SCHEMA_VERSION, event.schema_version.clone()),
+        ];
+        self.results.publish(event.encode(), attributes).await?;
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        data: Vec<u8>,
+        attributes: HashMap<String, String>,
+    ) -> anyhow::Result<()> {
+        self.dead_letters.publish(data, attributes).await?;
+        Ok(())
+    }
+}
+
+pub struct Application {
+    settings: Settings,
+    admin: AdminServer,
+    readiness: Arc<Readiness>,
+    registry: Arc<Registry>,
+    metrics: Metrics,
+    engines: BTreeMap<String, Arc<dyn Engine>>,
+    connection: Connection,
+}
+
+impl Application {
+    pub async fn build(settings: Settings, env: &HashMap<String, String>) -> anyhow::Result<Self> {
+        let mut engines: BTreeMap<String, Arc<dyn Engine>> = BTreeMap::new();
+        for (name, e) in &settings.engines {
+            let engine = match e.kind {
+                EngineKind::Postgres => {
+                    PostgresEngine::new(&e.url, e.pool_size, &e.schema_template, e.max_rows)
+                        .map_err(|err| anyhow::anyhow!("engines.{name}: {err}"))?
+                }
+            };
+            engines.insert(name.clone(), Arc::new(engine));
+        }
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let readiness = Arc::new(Readiness::default());
+        readiness.register(CHECK_ENGINES, "engines not checked yet");
+        readiness.register(CHECK_PUBSUB, "subscription not opened yet");
+        let admin = AdminServer::bind(settings.admin.listen).await?;
+        let connection = Connection::from_env(settings.pubsub.project.clone(), env);
+        Ok(Application {
+            settings,
+            admin,
+            readiness,
+            registry: Arc::new(registry),
+            metrics,
+            engines,
+            connection,
+        })
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr()
+    }
+
+    /// Runs until `shutdown` is cancelled or a critical task fails. Shutdown order: stop
+    /// pulling, finish or hand back in-flight runs, flush acks, stop the admin server.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Application {
+            settings,
+            admin,
+            readiness,
+            registry,
+            metrics,
+            engines,
+            connection,
+        } = self;
+        let ps = &settings.pubsub;
+        tracing::info!(
+            admin = %admin.local_addr(),
+            pubsub_endpoint = connection.emulator_endpoint.as_deref().unwrap_or("google"),
+            project = %connection.project,
+            subscription = %ps.jobs_subscription,
+            engines = ?engines.keys().collect::<Vec<_>>(),
+            "worker starting"
+        );
+        if ps.create_resources {
+            for topic in [&ps.jobs_topic, &ps.results_topic, &ps.dead_letter_topic] {
+                connection.ensure_topic(topic).await?;
+            }
+            connection
+                .ensure_subscription(&SubscriptionSpec {
+                    name: ps.jobs_subscription.clone(),
+                    topic: ps.jobs_topic.clone(),
+                    ack_deadline_secs: 60,
+                    min_backoff: ps.min_backoff,
+                    max_backoff: ps.max_backoff,
+                    dead_letter: Some(DeadLetterSpec {
+                        topic: ps.dead_letter_topic.clone(),
+                        max_delivery_attempts: ps.max_delivery_attempts,
+                    }),
+                })
+                .await?;
+        }
+        let outputs = Arc::new(PubsubOutputs {
+            results: connection
+                .publisher(&ps.results_topic, ps.publish_timeout)
+                .await?,
+            dead_letters: connection
+                .publisher(&ps.dead_letter_topic, ps.publish_timeout)
+                .await?,
+        });
+        let subscriber = connection
+            .subscriber()
+            .await
+            .context("cannot open the subscriber")?;
+        let stream = subscriber
+            .subscribe(connection.subscription_path(&ps.jobs_subscription))
+            .set_max_lease(settings.runner.max_lease)
+            .set_max_outstanding_messages(settings.runner.max_in_flight as i64)
+            .set_shutdown_behavior(pubsub_bus::ShutdownBehavior::WaitForProcessing)
+            .build();
+        readiness.set(
+            CHECK_PUBSUB,
+            true,
+            format!("pulling from {}", ps.jobs_subscription),
+        );
+
+        let runner = Arc::new(Runner::new(
+            engines.clone(),
+            outputs,
+            metrics.clone(),
+            settings.runner.max_timeout,
+        ));
+        let work = shutdown.child_token();
+        let admin_stop = CancellationToken::new();
+        let mut tasks = Supervisor::new(work.clone());
+        tasks.spawn(
+            "consumer",
+            run_consumer(
+                stream,
+                runner,
+                ConsumerSettings {
+                    max_in_flight: settings.runner.max_in_flight,
+                    grace_period: settings.runner.grace_period,
+                },
+                metrics.clone(),
+                work.clone(),
+            ),
+        );
+        tasks.spawn(
+            "engine-check",
+            check_engines(engines, readiness.clone(), work.clone()),
+        );
+        let router = admin::router(AdminState {
+            readiness,
+            registry,
+        });
+        let admin_task = tokio::spawn(admin.serve(router, admin_stop.clone()));
+
+        let result = tasks.join().await;
+        admin_stop.cancel();
+        match admin_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "admin server failed"),
+            Err(e) => tracing::error!(error = %e, "admin server panicked"),
+        }
+        tracing::info!("worker stopped");
+        result
+    }
+}
+
+/// Pings every engine every 10 s and reports it in `/readyz`.
+async fn check_engines(
+    engines: BTreeMap<String, Arc<dyn Engine>>,
+    readiness: Arc<Readiness>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let mut failures = Vec::new();
+        for (name, engine) in &engines {
+            if let Err(e) = engine.ping().await {
+                failures.push(format!("{name}: {e}"));
+            }
+        }
+        if failures.is_empty() {
+            readiness.set(
+                CHECK_ENGINES,
+                true,
+                format!("{} engines answer", engines.len()),
+            );
+        } else {
+            tracing::warn!(failures = %failures.join("; "), "engine check failed");
+            readiness.set(CHECK_ENGINES, false, failures.join("; "));
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+    }
+}

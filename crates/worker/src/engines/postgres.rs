@@ -1,0 +1,592 @@
+//! The PostgreSQL engine. Each tenant's data lives in its own schema (name from a template
+//! such as `tenant_{tenant_id}`). A query runs with that schema as `search_path`, in a
+//! read-only transaction, with `statement_timeout` from the job's timeout and the named
+//! parameters bound as typed parameters. The rows are then written to the destination table
+//! in the same schema, in one transaction: delete the rows tagged with this job id, insert
+//! the new ones. The table is created from the result's columns when it does not exist.
+
+use super::{Engine, RunError, RunOutput};
+use crate::params;
+use async_trait::async_trait;
+use bytes::BytesMut;
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use jobs_core::JobMessage;
+use service_kit::Secret;
+use std::error::Error as StdError;
+use std::str::FromStr;
+use std::time::Duration;
+use tokio_postgres::NoTls;
+use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
+
+/// Metadata columns every destination table carries.
+pub const JOB_ID_COLUMN: &str = "_job_id";
+pub const SCHEDULED_FOR_COLUMN: &str = "_scheduled_for";
+
+/// Types of the six named parameters, in [`params::NAMES`] order.
+const PARAM_TYPES: [Type; 6] = [
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+];
+
+pub struct PostgresEngine {
+    pool: Pool,
+    schema_template: String,
+    max_rows: usize,
+}
+
+impl PostgresEngine {
+    /// A pool of at most `pool_size` connections; connections open on first use.
+    pub fn new(
+        url: &Secret,
+        pool_size: usize,
+        schema_template: &str,
+        max_rows: usize,
+    ) -> Result<Self, String> {
+        let config = tokio_postgres::Config::from_str(url.expose())
+            .map_err(|e| format!("invalid PostgreSQL connection string: {e}"))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .create_timeout(Some(Duration::from_secs(10)))
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .build()
+            .map_err(|e| format!("cannot build the PostgreSQL pool: {e}"))?;
+        Ok(PostgresEngine {
+            pool,
+            schema_template: schema_template.to_owned(),
+            max_rows,
+        })
+    }
+
+    /// The tenant's schema name.
+    pub fn schema_for(&self, tenant_id: &str) -> String {
+        self.schema_template.replace("{tenant_id}", tenant_id)
+    }
+}
+
+/// `"name"` with embedded quotes doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[async_trait]
+impl Engine for PostgresEngine {
+    async fn run(&self, job: &JobMessage) -> Result<RunOutput, RunError> {
+        let schema = self.schema_for(&job.tenant_id);
+        if schema.is_empty() || schema.len() > 63 || schema.contains('\0') {
+            return Err(RunError::permanent(format!(
+                "schema name {schema:?} is not a valid PostgreSQL identifier"
+            )));
+        }
+        let mut client =
+            self.pool.get().await.map_err(|e| {
+                RunError::retryable(format!("cannot get a database connection: {e}"))
+            })?;
+
+        // 1. The query, read-only, in the tenant's schema.
+        let result = {
+            let tx = client
+                .build_transaction()
+                .read_only(true)
+                .start()
+                .await
+                .map_err(|e| classify(e, "begin read-only transaction"))?;
+            let timeout_ms = job.timeout_secs.saturating_mul(1000).to_string();
+            tx.execute(
+                "SELECT set_config('search_path', $1, true), set_config('statement_timeout', $2, true), \
+                 set_config('TimeZone', 'UTC', true)",
+                &[&quote_ident(&schema), &timeout_ms],
+            )
+            .await
+            .map_err(|e| classify(e, "set the session scope"))?;
+            let sql = params::rewrite(&job.sql, |i| format!("${}", i + 1));
+            let statement = tx
+                .prepare_typed(&sql, &PARAM_TYPES)
+                .await
+                .map_err(|e| classify(e, "query"))?;
+            let values = params::values(job);
+            let bound: Vec<&(dyn ToSql + Sync)> = values
+                .iter()
+                .map(|v| match v {
+                    params::ParamValue::Text(s) => s as &(dyn ToSql + Sync),
+                    params::ParamValue::Timestamp(t) => t as &(dyn ToSql + Sync),
+                })
+                .collect();
+            let rows = tx
+                .query(&statement, &bound)
+                .await
+                .map_err(|e| classify(e, "query"))?;
+            if rows.len() > self.max_rows {
+                return Err(RunError::permanent(format!(
+                    "the query returned {} rows, over the limit of {} (engines.<name>.max_rows)",
+                    rows.len(),
+                    self.max_rows
+                )));
+            }
+            let columns: Vec<(String, Type)> = statement
+                .columns()
+                .iter()
+                .map(|c| (c.name().to_owned(), c.type_().clone()))
+                .collect();
+            let table = to_table(&columns, &rows)?;
+            tx.rollback()
+                .await
+                .map_err(|e| classify(e, "end read-only transaction"))?;
+            table
+        };
+
+        // 2. The idempotent write.
+        let written = write(
+            &mut client,
+            &schema,
+            &job.destination,
+            job.job_id.as_str(),
+            job.nominal_time,
+            &result,
+        )
+        .await?;
+        Ok(RunOutput {
+            rows_written: written,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), RunError> {
+        let client =
+            self.pool.get().await.map_err(|e| {
+                RunError::retryable(format!("cannot get a database connection: {e}"))
+            })?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| classify(e, "ping"))?;
+        Ok(())
+    }
+}
+
+/// A result set held between the read and the write.
+#[derive(Debug)]
+struct Table {
+    columns: Vec<(String, Type)>,
+    rows: Vec<Vec<Value>>,
+}
+
+/// One cell, typed as the query produced it.
+#[derive(Debug, Clone)]
+enum Value {
+    Null,
+    Bool(bool),
+    I16(i16),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    Numeric(String),
+    Text(String),
+    Timestamptz(DateTime<Utc>),
+    Timestamp(NaiveDateTime),
+    Date(NaiveDate),
+    Json(serde_json::Value),
+}
+
+/// The DDL type a result column is stored as, or `None` when unsupported.
+fn storage_type(ty: &Type) -> Option<&'static str> {
+    Some(match *ty {
+        Type::BOOL => "boolean",
+        Type::INT2 => "smallint",
+        Type::INT4 => "integer",
+        Type::INT8 => "bigint",
+        Type::FLOAT4 => "real",
+        Type::FLOAT8 => "double precision",
+        Type::NUMERIC => "numeric",
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => "text",
+        Type::TIMESTAMPTZ => "timestamptz",
+        Type::TIMESTAMP => "timestamp",
+        Type::DATE => "date",
+        Type::JSON => "json",
+        Type::JSONB => "jsonb",
+        _ => return None,
+    })
+}
+
+fn to_table(columns: &[(String, Type)], rows: &[tokio_postgres::Row]) -> Result<Table, RunError> {
+    let mut seen = std::collections::HashSet::new();
+    for (name, ty) in columns {
+        if storage_type(ty).is_none() {
+            return Err(RunError::permanent(format!(
+                "column {name:?} has type {ty}, which the worker cannot store; cast it (e.g. {name}::text)"
+            )));
+        }
+        if name == JOB_ID_COLUMN || name == SCHEDULED_FOR_COLUMN {
+            return Err(RunError::permanent(format!(
+                "column name {name:?} is reserved for the worker's metadata"
+            )));
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(RunError::permanent(format!(
+                "the query returns two columns named {name:?}; alias them"
+            )));
+        }
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut cells = Vec::with_capacity(columns.len());
+        for (i, (name, ty)) in columns.iter().enumerate() {
+            let cell = read_cell(row, i, ty).map_err(|e| {
+                RunError::permanent(format!("cannot read column {name:?} ({ty}): {e}"))
+            })?;
+            cells.push(cell);
+        }
+        out.push(cells);
+    }
+    Ok(Table {
+        columns: columns.to_vec(),
+        rows: out,
+    })
+}
+
+fn read_cell(
+    row: &tokio_postgres::Row,
+    i: usize,
+    ty: &Type,
+) -> Result<Value, tokio_postgres::Error> {
+    fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> Value) -> Value {
+        v.map_or(Value::Null, f)
+    }
+    Ok(match *ty {
+        Type::BOOL => opt(row.try_get(i)?, Value::Bool),
+        Type::INT2 => opt(row.try_get(i)?, Value::I16),
+        Type::INT4 => opt(row.try_get(i)?, Value::I32),
+        Type::INT8 => opt(row.try_get(i)?, Value::I64),
+        Type::FLOAT4 => opt(row.try_get(i)?, Value::F32),
+        Type::FLOAT8 => opt(row.try_get(i)?, Value::F64),
+        Type::NUMERIC => opt(row.try_get::<_, Option<NumericText>>(i)?, |n| {
+            Value::Numeric(n.0)
+        }),
+        Type::TIMESTAMPTZ => opt(row.try_get(i)?, Value::Timestamptz),
+        Type::TIMESTAMP => opt(row.try_get(i)?, Value::Timestamp),
+        Type::DATE => opt(row.try_get(i)?, Value::Date),
+        Type::JSON | Type::JSONB => opt(row.try_get(i)?, Value::Json),
+        _ => opt(row.try_get(i)?, Value::Text),
+    })
+}
+
+impl ToSql for Value {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        fn checked<T: ToSql>(
+            v: &T,
+            ty: &Type,
+            out: &mut BytesMut,
+        ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+            if !T::accepts(ty) {
+                return Err(format!(
+                    "the destination column has type {ty}, which does not match the query's {}",
+                    std::any::type_name::<T>()
+                )
+                .into());
+            }
+            v.to_sql(ty, out)
+        }
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Bool(v) => checked(v, ty, out),
+            Value::I16(v) => checked(v, ty, out),
+            Value::I32(v) => checked(v, ty, out),
+            Value::I64(v) => checked(v, ty, out),
+            Value::F32(v) => checked(v, ty, out),
+            Value::F64(v) => checked(v, ty, out),
+            // Sent as text and cast in SQL (`$n::text::numeric`): exact, any precision.
+            Value::Numeric(v) | Value::Text(v) => checked(v, ty, out),
+            Value::Timestamptz(v) => checked(v, ty, out),
+            Value::Timestamp(v) => checked(v, ty, out),
+            Value::Date(v) => checked(v, ty, out),
+            Value::Json(v) => checked(v, ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// A `numeric` decoded from PostgreSQL's binary format into its exact decimal text.
+struct NumericText(String);
+
+impl<'a> FromSql<'a> for NumericText {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn StdError + Sync + Send>> {
+        numeric_to_string(raw).map(NumericText)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::NUMERIC
+    }
+}
+
+fn numeric_to_string(raw: &[u8]) -> Result<String, Box<dyn StdError + Sync + Send>> {
+    let word = |i: usize| -> Result<u16, Box<dyn StdError + Sync + Send>> {
+        raw.get(i..i + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| "truncated numeric".into())
+    };
+    let ndigits = word(0)? as usize;
+    let weight = word(2)? as i16 as i32;
+    let sign = word(4)?;
+    let dscale = word(6)? as usize;
+    match sign {
+        0xC000 => return Ok("NaN".into()),
+        0xD000 => return Ok("Infinity".into()),
+        0xF000 => return Ok("-Infinity".into()),
+        _ => {}
+    }
+    let digits: Vec<u16> = (0..ndigits)
+        .map(|i| word(8 + 2 * i))
+        .collect::<Result<_, _>>()?;
+    let digit_at = |index: i32| -> u16 {
+        if index >= 0 {
+            digits.get(index as usize).copied().unwrap_or(0)
+        } else {
+            0
+        }
+    };
+    let mut text = String::new();
+    if sign == 0x4000 {
+        text.push('-');
+    }
+    if weight < 0 {
+        text.push('0');
+    } else {
+        for i in 0..=weight {
+            if i == 0 {
+                text.push_str(&digit_at(i).to_string());
+            } else {
+                text.push_str(&format!("{:04}", digit_at(i)));
+            }
+        }
+    }
+    if dscale > 0 {
+        let mut frac = String::new();
+        let mut index = weight + 1;
+        while frac.len() < dscale {
+            frac.push_str(&format!("{:04}", digit_at(index)));
+            index += 1;
+        }
+        frac.truncate(dscale);
+        text.push('.');
+        text.push_str(&frac);
+    }
+    Ok(text)
+}
+
+async fn write(
+    client: &mut deadpool_postgres::Object,
+    schema: &str,
+    destination: &str,
+    job_id: &str,
+    scheduled_for: DateTime<Utc>,
+    table: &Table,
+) -> Result<u64, RunError> {
+    jobs_core::names::check_destination(destination)
+        .map_err(|r| RunError::permanent(format!("destination {destination:?} {r}")))?;
+    let qualified = format!("{}.{}", quote_ident(schema), quote_ident(destination));
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| classify(e, "begin write transaction"))?;
+    // Serialises writers of one table: two deliveries of the same run cannot both insert,
+    // and concurrent CREATE TABLE IF NOT EXISTS cannot collide.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        &[&qualified],
+    )
+    .await
+    .map_err(|e| classify(e, "lock the destination"))?;
+    let column_ddl: Vec<String> = table
+        .columns
+        .iter()
+        .map(|(name, ty)| {
+            format!(
+                "{} {}",
+                quote_ident(name),
+                storage_type(ty).unwrap_or("text")
+            )
+        })
+        .collect();
+    let mut ddl = format!(
+        "CREATE TABLE IF NOT EXISTS {qualified} ({} text NOT NULL, {} timestamptz NOT NULL",
+        quote_ident(JOB_ID_COLUMN),
+        quote_ident(SCHEDULED_FOR_COLUMN)
+    );
+    for c in &column_ddl {
+        ddl.push_str(", ");
+        ddl.push_str(c);
+    }
+    ddl.push(')');
+    tx.batch_execute(&ddl)
+        .await
+        .map_err(|e| classify(e, "create the destination table"))?;
+    let index_name = quote_ident(&format!(
+        "{}__job_id_idx",
+        &destination[..destination.len().min(50)]
+    ));
+    tx.batch_execute(&format!(
+        "CREATE INDEX IF NOT EXISTS {index_name} ON {qualified} ({})",
+        quote_ident(JOB_ID_COLUMN)
+    ))
+    .await
+    .map_err(|e| classify(e, "index the destination table"))?;
+    tx.execute(
+        &format!(
+            "DELETE FROM {qualified} WHERE {} = $1",
+            quote_ident(JOB_ID_COLUMN)
+        ),
+        &[&job_id],
+    )
+    .await
+    .map_err(|e| classify(e, "delete the previous rows of this run"))?;
+
+    let per_row = table.columns.len() + 2;
+    let chunk_rows = (60_000 / per_row).clamp(1, 1000);
+    let column_list: Vec<String> = [JOB_ID_COLUMN, SCHEDULED_FOR_COLUMN]
+        .iter()
+        .map(|c| quote_ident(c))
+        .chain(table.columns.iter().map(|(name, _)| quote_ident(name)))
+        .collect();
+    let mut written = 0u64;
+    for chunk in table.rows.chunks(chunk_rows) {
+        let mut sql = format!(
+            "INSERT INTO {qualified} ({}) VALUES ",
+            column_list.join(", ")
+        );
+        let mut bound: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(chunk.len() * per_row);
+        for (r, row) in chunk.iter().enumerate() {
+            if r > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            for c in 0..per_row {
+                let n = bound.len() + 1;
+                if c > 0 {
+                    sql.push_str(", ");
+                }
+                let numeric = c >= 2 && table.columns[c - 2].1 == Type::NUMERIC;
+                if numeric {
+                    sql.push_str(&format!("${n}::text::numeric"));
+                } else {
+                    sql.push_str(&format!("${n}"));
+                }
+                match c {
+                    0 => bound.push(&job_id),
+                    1 => bound.push(&scheduled_for),
+                    _ => bound.push(&row[c - 2]),
+                }
+            }
+            sql.push(')');
+        }
+        written += tx
+            .execute(&sql, &bound)
+            .await
+            .map_err(|e| classify(e, "insert the result rows"))?;
+    }
+    tx.commit()
+        .await
+        .map_err(|e| classify(e, "commit the result rows"))?;
+    Ok(written)
+}
+
+/// Connection trouble, timeouts, serialization failures and resource exhaustion are worth
+/// another attempt; everything else (syntax, missing relations, permissions, data) is not.
+fn classify(e: tokio_postgres::Error, step: &str) -> RunError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        let message = format!("{step}: {} (SQLSTATE {code})", db.message());
+        let retryable = code.starts_with("08")
+            || code.starts_with("53")
+            || code.starts_with("57P")
+            || matches!(code, "57014" | "40001" | "40P01" | "55P03");
+        return if retryable {
+            RunError::retryable(message)
+        } else {
+            RunError::permanent(message)
+        };
+    }
+    let mut io = e.is_closed();
+    let mut source = e.source();
+    while let Some(s) = source {
+        io |= s.downcast_ref::<std::io::Error>().is_some();
+        source = s.source();
+    }
+    if io {
+        RunError::retryable(format!("{step}: connection lost: {e}"))
+    } else {
+        RunError::permanent(format!("{step}: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(ndigits: u16, weight: i16, sign: u16, dscale: u16, digits: &[u16]) -> Vec<u8> {
+        let mut v = vec![];
+        for w in [ndigits, weight as u16, sign, dscale].iter().chain(digits) {
+            v.extend_from_slice(&w.to_be_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn numerics_decode_to_exact_text() {
+        assert_eq!(
+            numeric_to_string(&encode(2, 1, 0, 0, &[12, 3456])).expect("ok"),
+            "123456"
+        );
+        assert_eq!(
+            numeric_to_string(&encode(2, 0, 0, 2, &[7, 5000])).expect("ok"),
+            "7.50"
+        );
+        assert_eq!(
+            numeric_to_string(&encode(1, -1, 0x4000, 3, &[120])).expect("ok"),
+            "-0.012"
+        );
+        assert_eq!(
+            numeric_to_string(&encode(1, -2, 0, 6, &[5])).expect("ok"),
+            "0.000005"
+        );
+        assert_eq!(
+            numeric_to_string(&encode(0, 0, 0, 0, &[])).expect("ok"),
+            "0"
+        );
+        assert_eq!(
+            numeric_to_string(&encode(1, 2, 0, 0, &[1])).expect("ok"),
+            "100000000"
+        );
+        assert_eq!(
+            numeric_to_string(&encode(0, 0, 0xC000, 0, &[])).expect("ok"),
+            "NaN"
+        );
+        assert!(numeric_to_string(&[0, 1]).is_err());
+    }
+
+    #[test]
+    fn identifiers_are_quoted_safely() {
+        assert_eq!(quote_ident("tenant_acme"), "\"tenant_acme\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

@@ -1,0 +1,246 @@
+//! What the worker does with one job message: decode it, run it on its engine, publish the
+//! result event, and decide ack, nack or dead-letter. Independent of the bus so it can be
+//! driven by Pub/Sub in production and by an in-process bus in the standalone mode.
+
+use crate::engines::{Engine, RunError};
+use crate::metrics::{EngineLabels, Metrics, OutcomeLabels};
+use async_trait::async_trait;
+use chrono::Utc;
+use jobs_core::{ErrorClass, JobMessage, ResultEvent, RunStatus, attributes as attr};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where the worker's outputs go: the results and dead-letter topics in production.
+#[async_trait]
+pub trait Outputs: Send + Sync + 'static {
+    async fn publish_result(&self, event: &ResultEvent) -> anyhow::Result<()>;
+    async fn dead_letter(
+        &self,
+        data: Vec<u8>,
+        attributes: HashMap<String, String>,
+    ) -> anyhow::Result<()>;
+}
+
+/// What to tell the bus about a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Done (succeeded, or dead-lettered with its reason).
+    Ack,
+    /// Hand it back for another attempt after the subscription's backoff.
+    Nack,
+}
+
+pub struct Runner {
+    engines: BTreeMap<String, Arc<dyn Engine>>,
+    outputs: Arc<dyn Outputs>,
+    metrics: Metrics,
+    max_timeout: Duration,
+}
+
+impl Runner {
+    pub fn new(
+        engines: BTreeMap<String, Arc<dyn Engine>>,
+        outputs: Arc<dyn Outputs>,
+        metrics: Metrics,
+        max_timeout: Duration,
+    ) -> Self {
+        Runner {
+            engines,
+            outputs,
+            metrics,
+            max_timeout,
+        }
+    }
+
+    /// Handles one delivery. `attempt` is Pub/Sub's delivery attempt (1 for the first).
+    pub async fn handle(
+        &self,
+        data: &[u8],
+        attributes: &HashMap<String, String>,
+        attempt: u32,
+    ) -> Disposition {
+        let job = match JobMessage::decode(data) {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::warn!(
+                    message_job_id = attributes.get(attr::JOB_ID).map(String::as_str).unwrap_or(""),
+                    attempt,
+                    error = %e,
+                    "undecodable job message, dead-lettering"
+                );
+                self.count("undecodable", ErrorClass::Decode);
+                return self
+                    .dead_letter(data, attributes, "decode_error", &e.to_string(), attempt)
+                    .await;
+            }
+        };
+        let started_at = Utc::now();
+        let result = self.run(&job).await;
+        let finished_at = Utc::now();
+        let elapsed = (finished_at - started_at).to_std().unwrap_or_default();
+        self.metrics
+            .run_duration
+            .get_or_create(&EngineLabels {
+                engine: self.engine_label(&job.engine),
+            })
+            .observe(elapsed.as_secs_f64());
+
+        let event = |status, rows_written, error: Option<&RunError>| ResultEvent {
+            schema_version: ResultEvent::SCHEMA_VERSION.to_owned(),
+            job_id: job.job_id.clone(),
+            tenant_id: job.tenant_id.clone(),
+            app_id: job.app_id.clone(),
+            query_id: job.query_id.clone(),
+            nominal_time: job.nominal_time,
+            status,
+            attempt,
+            rows_written,
+            started_at,
+            finished_at,
+            error_class: error.map(|e| e.class),
+            error_message: error.map(|e| e.message.clone()),
+        };
+        match result {
+            Ok(output) => {
+                if let Err(e) = self
+                    .outputs
+                    .publish_result(&event(RunStatus::Succeeded, output.rows_written, None))
+                    .await
+                {
+                    return self.output_failed(&job, "result", e);
+                }
+                self.metrics.rows_written.inc_by(output.rows_written);
+                self.count("succeeded", None);
+                tracing::info!(
+                    job_id = %job.job_id,
+                    tenant_id = %job.tenant_id,
+                    app_id = %job.app_id,
+                    query_id = %job.query_id,
+                    nominal = %job.nominal_time,
+                    attempt,
+                    rows = output.rows_written,
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "run succeeded"
+                );
+                Disposition::Ack
+            }
+            Err(e) if e.class == ErrorClass::Retryable && attempt < job.max_attempts => {
+                self.count("retried", e.class);
+                tracing::warn!(
+                    job_id = %job.job_id,
+                    tenant_id = %job.tenant_id,
+                    query_id = %job.query_id,
+                    attempt,
+                    max_attempts = job.max_attempts,
+                    error = %e,
+                    "run failed, will retry"
+                );
+                Disposition::Nack
+            }
+            Err(e) => {
+                let reason = if e.class == ErrorClass::Retryable {
+                    "attempts_exhausted"
+                } else {
+                    "permanent_error"
+                };
+                tracing::error!(
+                    job_id = %job.job_id,
+                    tenant_id = %job.tenant_id,
+                    app_id = %job.app_id,
+                    query_id = %job.query_id,
+                    attempt,
+                    reason,
+                    error = %e,
+                    "run failed, dead-lettering"
+                );
+                if let Err(err) = self
+                    .outputs
+                    .publish_result(&event(RunStatus::Failed, 0, Some(&e)))
+                    .await
+                {
+                    return self.output_failed(&job, "result", err);
+                }
+                self.count("failed", e.class);
+                self.dead_letter(data, attributes, reason, &e.message, attempt)
+                    .await
+            }
+        }
+    }
+
+    async fn run(&self, job: &JobMessage) -> Result<crate::engines::RunOutput, RunError> {
+        jobs_core::names::check_destination(&job.destination)
+            .map_err(|r| RunError::permanent(format!("destination {:?} {r}", job.destination)))?;
+        let engine = self.engines.get(&job.engine).ok_or_else(|| {
+            RunError::permanent(format!(
+                "engine {:?} is not configured on this worker",
+                job.engine
+            ))
+        })?;
+        let limit = Duration::from_secs(job.timeout_secs).min(self.max_timeout);
+        // The engine enforces the timeout itself (statement_timeout); this bound also
+        // covers connecting and writing.
+        match tokio::time::timeout(limit + Duration::from_secs(5), engine.run(job)).await {
+            Ok(result) => result,
+            Err(_) => Err(RunError::retryable(format!(
+                "the run did not finish within its timeout of {}s",
+                limit.as_secs()
+            ))),
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        data: &[u8],
+        attributes: &HashMap<String, String>,
+        reason: &str,
+        error: &str,
+        attempt: u32,
+    ) -> Disposition {
+        let mut attrs = attributes.clone();
+        attrs.insert(attr::DEAD_LETTER_REASON.into(), reason.into());
+        attrs.insert(attr::DEAD_LETTER_ERROR.into(), crate::truncate(error, 1024));
+        attrs.insert(attr::DEAD_LETTER_ATTEMPT.into(), attempt.to_string());
+        match self.outputs.dead_letter(data.to_vec(), attrs).await {
+            Ok(()) => {
+                self.metrics.dead_lettered.inc();
+                Disposition::Ack
+            }
+            Err(e) => {
+                self.metrics.output_failures.inc();
+                tracing::error!(
+                    reason,
+                    error = format!("{e:#}"),
+                    "dead-letter publish failed, handing the message back"
+                );
+                Disposition::Nack
+            }
+        }
+    }
+
+    fn output_failed(&self, job: &JobMessage, what: &'static str, e: anyhow::Error) -> Disposition {
+        self.metrics.output_failures.inc();
+        tracing::error!(job_id = %job.job_id, output = what, error = format!("{e:#}"), "publish failed, handing the message back");
+        Disposition::Nack
+    }
+
+    fn count(&self, outcome: &'static str, class: impl Into<Option<ErrorClass>>) {
+        let error_class = class.into().map_or("none", ErrorClass::as_str);
+        self.metrics
+            .jobs
+            .get_or_create(&OutcomeLabels {
+                outcome,
+                error_class,
+            })
+            .inc();
+    }
+
+    /// Engine label for metrics: configured names only, so a hostile message cannot mint series.
+    fn engine_label(&self, engine: &str) -> String {
+        if self.engines.contains_key(engine) {
+            engine.to_owned()
+        } else {
+            "unknown".to_owned()
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The worker's configuration: defaults, then `--config FILE`, then environment variables
+//! `WORKER_SECTION__KEY` (e.g. `WORKER_ENGINES__WAREHOUSE__URL`).
+
+use serde::{Deserialize, Serialize};
+use service_kit::Secret;
+use service_kit::settings::{Layered, Validate};
+use service_kit::telemetry::LogSettings;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub admin: AdminSettings,
+    pub log: LogSettings,
+    pub pubsub: PubsubSettings,
+    pub runner: RunnerSettings,
+    /// Engines by the name queries use in their `engine` field.
+    pub engines: BTreeMap<String, EngineSettings>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            admin: AdminSettings::default(),
+            log: LogSettings::default(),
+            pubsub: PubsubSettings::default(),
+            runner: RunnerSettings::default(),
+            engines: [("warehouse".to_owned(), EngineSettings::default())].into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PubsubSettings {
+    /// Google Cloud project. `PUBSUB_EMULATOR_HOST` selects the emulator.
+    pub project: String,
+    pub jobs_topic: String,
+    pub jobs_subscription: String,
+    pub results_topic: String,
+    pub dead_letter_topic: String,
+    /// Create the topics and the subscription at start-up if missing (emulator and
+    /// development; production provisions them with the infrastructure).
+    pub create_resources: bool,
+    /// Bound on the client's own publish retries (results and dead letters).
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// Redelivery backoff of the subscription this worker creates.
+    #[serde(with = "humantime_serde")]
+    pub min_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Pub/Sub's own dead-letter bound (5..=100), a backstop behind each job's `max_attempts`.
+    pub max_delivery_attempts: i32,
+}
+
+impl Default for PubsubSettings {
+    fn default() -> Self {
+        PubsubSettings {
+            project: "local-project".into(),
+            jobs_topic: "jobs".into(),
+            jobs_subscription: "jobs-workers".into(),
+            results_topic: "job-results".into(),
+            dead_letter_topic: "jobs-dead-letter".into(),
+            create_resources: false,
+            publish_timeout: Duration::from_secs(30),
+            min_backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(600),
+            max_delivery_attempts: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunnerSettings {
+    /// Jobs run at once by this worker (the client does not enforce flow control).
+    pub max_in_flight: usize,
+    /// On SIGTERM, how long in-flight runs may take to finish before they are handed back.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+    /// The longest a job may run, whatever its message says.
+    #[serde(with = "humantime_serde")]
+    pub max_timeout: Duration,
+    /// How long the client keeps extending a message's lease; must exceed `max_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub max_lease: Duration,
+}
+
+impl Default for RunnerSettings {
+    fn default() -> Self {
+        RunnerSettings {
+            max_in_flight: 8,
+            grace_period: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(3600),
+            max_lease: Duration::from_secs(2 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    Postgres,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSettings {
+    pub kind: EngineKind,
+    /// Connection string (`postgres://user:password@host:port/db`); a secret, never logged.
+    pub url: Secret,
+    /// The tenant's schema; `{tenant_id}` is replaced.
+    pub schema_template: String,
+    pub pool_size: usize,
+    /// Result rows a run may produce.
+    pub max_rows: usize,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            kind: EngineKind::Postgres,
+            url: Secret::new("postgres://postgres@127.0.0.1:5432/postgres"),
+            schema_template: "tenant_{tenant_id}".into(),
+            pool_size: 8,
+            max_rows: 1_000_000,
+        }
+    }
+}
+
+impl Layered for Settings {
+    const ENV_PREFIX: &'static str = "WORKER";
+}
+
+fn check_name(key: &str, name: &str, problems: &mut Vec<String>) {
+    let ok = name.len() >= 3
+        && name.len() <= 255
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c));
+    if !ok {
+        problems.push(format!(
+            "{key} {name:?} is not a valid Pub/Sub name (3-255 characters, starts with a letter)"
+        ));
+    }
+}
+
+impl Validate for Settings {
+    fn problems(&self) -> Vec<String> {
+        let mut p = self.log.problems();
+        let ps = &self.pubsub;
+        if ps.project.trim().is_empty() {
+            p.push("pubsub.project is empty".into());
+        }
+        check_name("pubsub.jobs_topic", &ps.jobs_topic, &mut p);
+        check_name("pubsub.jobs_subscription", &ps.jobs_subscription, &mut p);
+        check_name("pubsub.results_topic", &ps.results_topic, &mut p);
+        check_name("pubsub.dead_letter_topic", &ps.dead_letter_topic, &mut p);
+        if ps.min_backoff > ps.max_backoff || ps.max_backoff > Duration::from_secs(600) {
+            p.push(
+                "pubsub.min_backoff must not exceed pubsub.max_backoff, which is at most 600s"
+                    .into(),
+            );
+        }
+        if !(5..=100).contains(&ps.max_delivery_attempts) {
+            p.push(format!(
+                "pubsub.max_delivery_attempts {} must be between 5 and 100",
+                ps.max_delivery_attempts
+            ));
+        }
+        let r = &self.runner;
+        if r.max_in_flight == 0 {
+            p.push("runner.max_in_flight must be at least 1".into());
+        }
+        if r.max_timeout.is_zero() {
+            p.push("runner.max_timeout must be above 0".into());
+        }
+        if r.max_lease <= r.max_timeout {
+            p.push(format!(
+                "runner.max_lease ({}) must exceed runner.max_timeout ({}), or a long run is handed to a second worker",
+                humantime::format_duration(r.max_lease),
+                humantime::format_duration(r.max_timeout)
+            ));
+        }
+        if self.engines.is_empty() {
+            p.push("engines is empty: no job could ever run".into());
+        }
+        for (name, e) in &self.engines {
+            if let Err(err) = e.url.expose().parse::<tokio_postgres::Config>() {
+                p.push(format!(
+                    "engines.{name}.url is not a valid PostgreSQL connection string ({err})"
+                ));
+            }
+            if !e.schema_template.contains("{tenant_id}") {
+                p.push(format!(
+                    "engines.{name}.schema_template {:?} must contain {{tenant_id}}: every tenant needs its own schema",
+                    e.schema_template
+                ));
+            }
+            if e.pool_size == 0 {
+                p.push(format!("engines.{name}.pool_size must be at least 1"));
+            }
+            if e.max_rows == 0 {
+                p.push(format!("engines.{name}.max_rows must be at least 1"));
+            }
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn engines_are_configured_from_the_environment() {
+        let env: HashMap<String, String> = [
+            (
+                "WORKER_ENGINES__WAREHOUSE__URL",
+                "postgres://u:hunter2@db:5432/d",
+            ),
+            ("WORKER_ENGINES__WAREHOUSE__POOL_SIZE", "3"),
+            ("WORKER_RUNNER__GRACE_PERIOD", "5s"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let s: Settings =
+            service_kit::settings::load(None, &env).unwrap_or_else(|e| panic!("{e:#}"));
+        let e = &s.engines["warehouse"];
+        assert_eq!(
+            (e.url.expose(), e.pool_size),
+            ("postgres://u:hunter2@db:5432/d", 3)
+        );
+        assert_eq!(s.runner.grace_period, Duration::from_secs(5));
+        assert!(
+            !format!("{s:?}").contains("hunter2"),
+            "the password never prints"
+        );
+        assert!(s.problems().is_empty(), "{:?}", s.problems());
+    }
+
+    #[test]
+    fn a_lease_shorter_than_the_longest_run_is_refused() {
+        let mut s = Settings::default();
+        s.runner.max_lease = Duration::from_secs(60);
+        s.engines
+            .get_mut("warehouse")
+            .expect("default engine")
+            .schema_template = "shared".into();
+        let problems = s.problems();
+        assert!(
+            problems.iter().any(|p| p.contains("runner.max_lease")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("schema_template")),
+            "{problems:?}"
+        );
+    }
+}
