@@ -118,6 +118,7 @@ impl Application {
             jobs_topic = %settings.pubsub.jobs_topic,
             "controller starting"
         );
+        let uses_pubsub = sink.is_none();
         let sink: Arc<dyn JobSink> = match sink {
             Some(sink) => {
                 readiness.set(CHECK_PUBSUB, true, "in-process bus");
@@ -178,7 +179,7 @@ impl Application {
                 work.clone(),
             ),
         );
-        if !readiness.is_ready() || readiness_pending(&readiness) {
+        if uses_pubsub {
             tasks.spawn(
                 "pubsub-check",
                 check_pubsub(
@@ -205,10 +206,6 @@ impl Application {
         tracing::info!("controller stopped");
         result
     }
-}
-
-fn readiness_pending(readiness: &Readiness) -> bool {
-    !readiness.is_ready()
 }
 
 /// Marks Pub/Sub ready once the jobs topic answers; retries until then.

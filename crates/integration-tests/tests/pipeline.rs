@@ -278,3 +278,103 @@ async fn scheduled_runs_travel_from_the_platform_to_each_tenants_table_exactly_o
         .expect("join")
         .expect("worker stops cleanly");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resync_adds_changes_and_removes_schedules_without_a_restart() {
+    integration_tests::init_logs();
+    let project = unique("proj");
+    let jobs = unique("jobs");
+    let bus = emulator(&project);
+    let jobs_tap = tap(&bus, &jobs).await;
+    let dir = std::env::temp_dir().join(unique("catalog"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("catalog.yaml");
+    let write_catalog = |queries: &[(&str, &str)]| {
+        let qs: Vec<_> = queries
+            .iter()
+            .map(|(id, cron)| query(id, cron, "SELECT 1 AS one"))
+            .collect();
+        let doc = json!({"tenants": [{"id": "acme", "status": "active", "apps": [{"id": "shop", "queries": qs}]}]});
+        // YAML is a superset of JSON; the .yaml extension exercises the YAML reader.
+        std::fs::write(&file, serde_json::to_string_pretty(&doc).expect("json"))
+            .expect("write catalog");
+    };
+    write_catalog(&[
+        ("kept", "* * * * * *"),
+        ("removed", "* * * * * *"),
+        ("changed", "0 0 1 1 *"),
+    ]);
+
+    let mut settings = controller::Settings::default();
+    settings.admin.listen = "127.0.0.1:0".parse().expect("addr");
+    settings.platform.source = controller::settings::CatalogSource::File;
+    settings.platform.catalog_file = Some(file.clone());
+    settings.catalog.sync_interval = Duration::from_secs(1);
+    settings.pubsub.project = project;
+    settings.pubsub.jobs_topic = jobs;
+    let app = controller::Application::build(settings, &app_env())
+        .await
+        .expect("builds");
+    let admin = app.admin_addr();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    eventually(Duration::from_secs(30), || async {
+        (get(admin, "/readyz").await.0 == 200).then_some(())
+    })
+    .await
+    .expect("controller ready");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    write_catalog(&[
+        ("kept", "* * * * * *"),
+        ("changed", "* * * * * *"),
+        ("added", "* * * * * *"),
+    ]);
+    let changed_at = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    shutdown.cancel();
+    task.await.expect("join").expect("stops cleanly");
+
+    let jobs: Vec<jobs_core::JobMessage> =
+        read_until(&bus, &jobs_tap, Duration::from_secs(3), |_| false)
+            .await
+            .iter()
+            .map(|m| jobs_core::JobMessage::decode(&m.data).expect("decodes"))
+            .collect();
+    let nominal = |q: &str| -> Vec<chrono::DateTime<chrono::Utc>> {
+        jobs.iter()
+            .filter(|j| j.query_id == q)
+            .map(|j| j.nominal_time)
+            .collect()
+    };
+    let grace = chrono::Duration::seconds(2);
+    assert!(
+        nominal("kept").len() >= 5,
+        "kept keeps firing: {:?}",
+        nominal("kept")
+    );
+    assert!(
+        !nominal("removed").is_empty(),
+        "removed fired before the change"
+    );
+    assert!(
+        nominal("removed").iter().all(|t| *t <= changed_at + grace),
+        "removed stops after the re-sync"
+    );
+    assert!(
+        nominal("changed").len() >= 2,
+        "the changed cron takes effect: {:?}",
+        nominal("changed")
+    );
+    assert!(
+        nominal("added").len() >= 2,
+        "added starts firing: {:?}",
+        nominal("added")
+    );
+    assert!(
+        nominal("added")
+            .iter()
+            .all(|t| *t >= changed_at - chrono::Duration::seconds(1))
+    );
+    let ids: BTreeSet<_> = jobs.iter().map(|j| j.job_id.clone()).collect();
+    assert_eq!(ids.len(), jobs.len(), "no run was published twice");
+}
