@@ -208,38 +208,22 @@ impl Application {
     }
 }
 
-/// Marks Pub/Sub ready once the jobs topic answers; retries until then.
+/// Marks Pub/Sub ready once the jobs topic answers, then waits for shutdown (the supervisor
+/// treats an early end as a failure).
 async fn check_pubsub(
     connection: pubsub_bus::Connection,
     topic: String,
     readiness: Arc<Readiness>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match connection.check_topic(&topic).await {
-            Ok(()) => {
-                readiness.set(CHECK_PUBSUB, true, format!("topic {topic} answered"));
-                // Stay alive until shutdown: the supervisor treats an early end as failure.
-                stop.cancelled().await;
-                return Ok(());
-            }
-            Err(e) => {
-                readiness.set(CHECK_PUBSUB, false, e.to_string());
-                tracing::warn!(attempt, error = %e, "Pub/Sub check failed, retrying");
-            }
-        }
-        let wait = crate::platform::backoff_with_jitter(
-            attempt,
-            Duration::from_millis(500),
-            Duration::from_secs(30),
-        );
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
+    connection
+        .wait_for_topic(&topic, &stop, |outcome| match outcome {
+            Ok(()) => readiness.set(CHECK_PUBSUB, true, format!("topic {topic} answered")),
+            Err(e) => readiness.set(CHECK_PUBSUB, false, e.to_string()),
+        })
+        .await;
+    stop.cancelled().await;
+    Ok(())
 }
 
 /// The first sync is retried with backoff until it succeeds; later syncs run on the

@@ -168,6 +168,34 @@ impl Connection {
             })
     }
 
+    /// Checks `topic` until it answers or `stop` is cancelled, reporting every outcome to
+    /// `report` (for readiness). Retries with backoff from 500 ms up to 30 s.
+    pub async fn wait_for_topic(
+        &self,
+        topic: &str,
+        stop: &tokio_util::sync::CancellationToken,
+        mut report: impl FnMut(Result<(), &BusError>),
+    ) {
+        let mut wait = Duration::from_millis(500);
+        loop {
+            match self.check_topic(topic).await {
+                Ok(()) => {
+                    report(Ok(()));
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(topic, error = %e, "Pub/Sub check failed, retrying");
+                    report(Err(&e));
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
+    }
+
     /// Creates `topic` unless it exists. Meant for the emulator and development; production
     /// topics are provisioned with the infrastructure.
     pub async fn ensure_topic(&self, topic: &str) -> Result<(), BusError> {

@@ -80,7 +80,7 @@ impl Application {
         let metrics = Metrics::register(&mut registry);
         let readiness = Arc::new(Readiness::default());
         readiness.register(CHECK_ENGINES, "engines not checked yet");
-        readiness.register(CHECK_PUBSUB, "subscription not opened yet");
+        readiness.register(CHECK_PUBSUB, "Pub/Sub not checked yet");
         let admin = AdminServer::bind(settings.admin.listen).await?;
         let connection = Connection::from_env(settings.pubsub.project.clone(), env);
         Ok(Application {

@@ -57,6 +57,7 @@ pub async fn run_consumer(
     };
 
     // Drain: no more pulls; in-flight runs get the grace period.
+    while in_flight.try_join_next().is_some() {}
     let running = in_flight.len();
     if running > 0 {
         tracing::info!(

@@ -566,7 +566,7 @@ mod tests {
             "-0.012"
         );
         assert_eq!(
-            numeric_to_string(&encode(1, -2, 0, 6, &[5])).expect("ok"),
+            numeric_to_string(&encode(1, -2, 0, 6, &[500])).expect("ok"),
             "0.000005"
         );
         assert_eq!(
