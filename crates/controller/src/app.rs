@@ -111,14 +111,18 @@ impl Application {
             connection,
             sink,
         } = self;
-        tracing::info!(
-            admin = %admin.local_addr(),
-            pubsub_endpoint = connection.emulator_endpoint.as_deref().unwrap_or("google"),
-            project = %connection.project,
-            jobs_topic = %settings.pubsub.jobs_topic,
-            "controller starting"
-        );
         let uses_pubsub = sink.is_none();
+        if uses_pubsub {
+            tracing::info!(
+                admin = %admin.local_addr(),
+                pubsub_endpoint = connection.emulator_endpoint.as_deref().unwrap_or("google"),
+                project = %connection.project,
+                jobs_topic = %settings.pubsub.jobs_topic,
+                "controller starting"
+            );
+        } else {
+            tracing::info!(admin = %admin.local_addr(), "controller starting on an in-process bus");
+        }
         let sink: Arc<dyn JobSink> = match sink {
             Some(sink) => {
                 readiness.set(CHECK_PUBSUB, true, "in-process bus");

@@ -3,6 +3,8 @@
 //! (a re-run replaces its own rows and never appends a second copy).
 
 pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 use async_trait::async_trait;
 use jobs_core::{ErrorClass, JobMessage};
