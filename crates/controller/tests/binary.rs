@@ -31,18 +31,24 @@ fn check_config_prints_every_problem_and_exits_non_zero() {
 }
 
 #[test]
-fn check_config_accepts_the_shipped_example() {
+fn check_config_accepts_the_shipped_configurations() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-    let out = controller()
-        .current_dir(root)
-        .args(["--config", "config/controller.toml", "check-config"])
-        .output()
-        .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    for file in [
+        "config/controller.toml",
+        "deploy/base/config/controller.toml",
+    ] {
+        let out = controller()
+            .current_dir(root)
+            .args(["--config", file, "check-config"])
+            .output()
+            .expect("runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{file}: {text}");
+    }
 }
 
 #[test]

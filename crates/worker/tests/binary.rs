@@ -38,16 +38,19 @@ fn check_config_reports_every_problem_without_printing_the_password() {
 }
 
 #[test]
-fn check_config_accepts_the_shipped_example() {
+fn check_config_accepts_the_shipped_configurations() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-    let out = worker()
-        .current_dir(root)
-        .args(["--config", "config/worker.toml", "check-config"])
-        .output()
-        .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    for file in ["config/worker.toml", "deploy/base/config/worker.toml"] {
+        let out = worker()
+            .current_dir(root)
+            .args(["--config", file, "check-config"])
+            .output()
+            .expect("runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{file}: {text}");
+    }
 }
