@@ -8,7 +8,6 @@ use crate::settings::{CatalogSource, Settings};
 use crate::sync::{Source, Syncer};
 use crate::timer::{DueRun, Timer};
 use anyhow::Context;
-use chrono::Utc;
 use prometheus_client::registry::Registry;
 use service_kit::Secret;
 use service_kit::admin::{self, AdminServer, AdminState, Readiness};
@@ -22,8 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 const CHECK_CATALOG: &str = "catalog";
 const CHECK_PUBSUB: &str = "pubsub";
-/// Upper bound on one timer sleep, so a wall-clock jump is noticed within a second.
-const MAX_TIMER_SLEEP: Duration = Duration::from_secs(1);
 
 pub struct Application {
     settings: Settings,
@@ -148,12 +145,22 @@ impl Application {
         let admin_stop = CancellationToken::new();
         let mut tasks = Supervisor::new(work.clone());
 
-        let syncer = Syncer::new(
+        let mut syncer = Syncer::new(
             source,
             settings.catalog.policy(),
             timer.clone(),
             timer_changed.clone(),
             metrics.clone(),
+        );
+        syncer.placement = settings.placement.clone();
+        tasks.spawn(
+            "due-forecast",
+            forecast_due(
+                timer.clone(),
+                settings.placement.default_duration,
+                metrics.clone(),
+                work.clone(),
+            ),
         );
         tasks.spawn(
             "catalog-sync",
@@ -166,7 +173,7 @@ impl Application {
         );
         tasks.spawn(
             "timer",
-            run_timer(timer, timer_changed, runs_tx, metrics.clone(), work.clone()),
+            crate::timer::drive(timer, timer_changed, runs_tx, metrics.clone(), work.clone()),
         );
         tasks.spawn(
             "publisher",
@@ -322,42 +329,33 @@ async fn run_sync(
     Ok(())
 }
 
-/// Sleeps until the earliest placed run, hands every due run to the publisher, repeats.
-async fn run_timer(
+/// Every 15 s, the runs and the expected work-seconds due in the next 1, 5 and 15 minutes:
+/// a scaling signal that leads the subscription backlog (which lags by minutes).
+async fn forecast_due(
     timer: Arc<Mutex<Timer>>,
-    changed: Arc<Notify>,
-    runs: mpsc::Sender<DueRun>,
+    default_duration: Duration,
     metrics: Metrics,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut due = Vec::new();
+    const WINDOWS: [(&str, Duration); 3] = [
+        ("1m", Duration::from_secs(60)),
+        ("5m", Duration::from_secs(300)),
+        ("15m", Duration::from_secs(900)),
+    ];
+    let windows: Vec<Duration> = WINDOWS.iter().map(|(_, d)| *d).collect();
     loop {
-        let deadline = timer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .next_deadline();
-        let wait = deadline
-            .map(|d| (d - Utc::now()).to_std().unwrap_or(Duration::ZERO))
-            .unwrap_or(MAX_TIMER_SLEEP)
-            .min(MAX_TIMER_SLEEP);
+        let due = {
+            let timer = timer.lock().unwrap_or_else(|p| p.into_inner());
+            timer.due_within(chrono::Utc::now(), &windows, default_duration)
+        };
+        for ((label, _), (runs, work)) in WINDOWS.iter().zip(due) {
+            let l = crate::metrics::WindowLabels { window: label };
+            metrics.due_runs.get_or_create(&l).set(runs as i64);
+            metrics.due_work_seconds.get_or_create(&l).set(work);
+        }
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            _ = changed.notified() => continue,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        let now = Utc::now();
-        timer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_due(now, &mut due);
-        for run in due.drain(..) {
-            metrics.runs_due.inc();
-            let late = (now - run.placed).to_std().unwrap_or(Duration::ZERO);
-            metrics.fire_lateness.observe(late.as_secs_f64());
-            tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                sent = runs.send(run) => if sent.is_err() { return Ok(()) },
-            }
+            _ = tokio::time::sleep(Duration::from_secs(15)) => {}
         }
     }
 }

@@ -3,9 +3,11 @@
 //! due run. It never runs a query.
 
 pub mod app;
+pub mod bench;
 pub mod catalog;
 pub mod metrics;
 pub mod placement;
+pub mod plan;
 pub mod platform;
 pub mod publisher;
 pub mod schedule;

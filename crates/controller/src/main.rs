@@ -6,6 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
+/// The system allocator with live-byte counters (a few atomic adds per allocation), so
+/// `bench` can report memory per schedule.
+#[global_allocator]
+static ALLOCATOR: &controller::bench::Allocator = &stats_alloc::INSTRUMENTED_SYSTEM;
+
 /// Schedules every tenant's queries and publishes one job message per due run.
 #[derive(Parser)]
 #[command(version)]
@@ -24,11 +29,111 @@ enum Command {
     Run,
     /// Validate the configuration, print every problem, exit non-zero if there is any.
     CheckConfig,
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(Bench),
+    /// Forecast the load of a catalog under each placement strategy.
+    Plan(PlanArgs),
+}
+
+#[derive(clap::Args)]
+struct PlanArgs {
+    /// The catalog file (the one-file form of the platform documents).
+    #[arg(long, required_unless_present = "generate")]
+    catalog: Option<PathBuf>,
+    /// `none`, `hash`, `load-aware` or `all`.
+    #[arg(long, default_value = "all")]
+    strategy: String,
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    horizon: std::time::Duration,
+    /// Start of the horizon (RFC 3339); by default the coming midnight UTC.
+    #[arg(long)]
+    start: Option<chrono::DateTime<chrono::Utc>>,
+    /// Run time assumed for queries without `estimated_duration`.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    default_duration: std::time::Duration,
+    /// `text`, `json` or `svg`.
+    #[arg(long, default_value = "text")]
+    format: String,
+    /// Report how many load-aware placements move when this catalog replaces --catalog.
+    #[arg(long)]
+    against: Option<PathBuf>,
+    /// Print a generated catalog instead (`reference`).
+    #[arg(long)]
+    generate: Option<String>,
+    /// Size of the generated catalog.
+    #[arg(long, default_value_t = 100_000)]
+    schedules: usize,
+    /// Seed of the generated catalog.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// The timer against tokio-cron-scheduler (one job per schedule) on the same schedules.
+    Timer {
+        /// Comma-separated sizes.
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+        schedules: Vec<usize>,
+        /// How long each implementation is driven per size.
+        #[arg(long, default_value = "65s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// How long idle CPU is measured.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        idle: std::time::Duration,
+        /// The baseline stops at a size whose adds take longer than this.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        baseline_add_limit: std::time::Duration,
+        /// Skip the tokio-cron-scheduler baseline.
+        #[arg(long)]
+        no_baseline: bool,
+        /// Fires per minute; larger sizes fire every k minutes to stay at or under it.
+        #[arg(long, default_value_t = 100_000)]
+        fires_per_minute: usize,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Bench(Bench::Timer {
+        schedules,
+        duration,
+        idle,
+        baseline_add_limit,
+        no_baseline,
+        fires_per_minute,
+    })) = cli.command
+    {
+        let cfg = controller::bench::TimerBench {
+            sizes: schedules,
+            duration,
+            idle,
+            baseline_add_limit,
+            baseline: !no_baseline,
+            fires_per_minute,
+        };
+        return match tokio::runtime::Runtime::new() {
+            Ok(rt) => {
+                rt.block_on(controller::bench::run_timer_bench(cfg, ALLOCATOR));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot start the runtime: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let env = service_kit::settings::process_env();
+    if let Some(Command::Plan(args)) = &cli.command {
+        return match run_plan(args, cli.config.as_deref(), &env) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let settings: Settings = match service_kit::settings::load(cli.config.as_deref(), &env) {
         Ok(s) => s,
         Err(e) => {
@@ -80,4 +185,84 @@ async fn run(
         .await
         .context("cannot start the controller")?;
     app.run_until_stopped(shutdown).await
+}
+
+fn run_plan(
+    args: &PlanArgs,
+    config: Option<&std::path::Path>,
+    env: &std::collections::HashMap<String, String>,
+) -> anyhow::Result<()> {
+    use controller::placement::Strategy;
+    use controller::plan;
+    if let Some(kind) = &args.generate {
+        anyhow::ensure!(
+            kind == "reference",
+            "--generate {kind:?}: the only generator is `reference`"
+        );
+        println!("{}", plan::reference_catalog(args.schedules, args.seed));
+        return Ok(());
+    }
+    let settings: Settings = service_kit::settings::load(config, env)?;
+    let mut policy = settings.catalog.policy();
+    policy.max_spread = policy
+        .max_spread
+        .max(std::time::Duration::from_secs(24 * 3600));
+    let strategies: Vec<Strategy> = match args.strategy.as_str() {
+        "all" => Strategy::ALL.to_vec(),
+        "none" => vec![Strategy::None],
+        "hash" => vec![Strategy::Hash],
+        "load-aware" => vec![Strategy::LoadAware],
+        other => anyhow::bail!("--strategy {other:?}: use none, hash, load-aware or all"),
+    };
+    anyhow::ensure!(
+        ["text", "json", "svg"].contains(&args.format.as_str()),
+        "--format {:?}: use text, json or svg",
+        args.format
+    );
+    let start = args.start.unwrap_or_else(|| {
+        let today = chrono::Utc::now()
+            .date_naive()
+            .and_hms_opt(0, 0, 0)
+            .unwrap_or_default()
+            .and_utc();
+        today + chrono::Duration::days(1)
+    });
+    let progress = |what: &str| eprintln!("plan: {what}");
+    let load = |path: &std::path::Path| -> anyhow::Result<Vec<controller::placement::Item>> {
+        progress(&format!("reading {}", path.display()));
+        let raw = controller::platform::read_catalog_file(path)?;
+        let catalog = controller::catalog::validate(&raw, &policy);
+        if !catalog.problems.is_empty() {
+            eprintln!(
+                "plan: {} invalid items skipped (first: {:?})",
+                catalog.problems.len(),
+                catalog.problems[0]
+            );
+        }
+        Ok(plan::items(
+            &catalog.schedules,
+            start,
+            args.horizon,
+            args.default_duration,
+        ))
+    };
+    let catalog = args
+        .catalog
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("--catalog is required"))?;
+    let items = load(catalog)?;
+    let started = std::time::Instant::now();
+    let mut result = plan::plan(&items, &strategies, args.horizon, progress);
+    if let Some(other) = &args.against {
+        let after = load(other)?;
+        progress("placing the new catalog around the existing placements");
+        result.stability = Some(plan::stability(&items, &after, args.horizon));
+    }
+    progress(&format!("done in {:.1}s", started.elapsed().as_secs_f64()));
+    match args.format.as_str() {
+        "json" => println!("{}", serde_json::to_string_pretty(&result)?),
+        "svg" => print!("{}", plan::svg(&result)),
+        _ => print!("{}", plan::text(&result)),
+    }
+    Ok(())
 }

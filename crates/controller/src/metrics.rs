@@ -25,8 +25,17 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WindowLabels {
+    pub window: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    /// Runs placed in the next 1, 5, 15 minutes.
+    pub due_runs: Family<WindowLabels, Gauge>,
+    /// Expected work-seconds of those runs.
+    pub due_work_seconds: Family<WindowLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Catalog items of the last successful sync, by kind and outcome.
     pub catalog_items: Family<ItemLabels, Gauge>,
     /// Catalog items skipped as invalid, counted when a problem first appears.
@@ -46,6 +55,8 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Metrics {
+            due_runs: Family::default(),
+            due_work_seconds: Family::default(),
             catalog_items: Family::default(),
             catalog_problems: Family::default(),
             catalog_syncs: Family::default(),
@@ -104,6 +115,16 @@ impl Metrics {
             "publish_queue",
             "Due runs waiting to be published",
             m.publish_queue.clone(),
+        );
+        r.register(
+            "due_runs",
+            "Runs placed in the next minutes (window 1m, 5m, 15m)",
+            m.due_runs.clone(),
+        );
+        r.register(
+            "due_work_seconds",
+            "Expected work-seconds of the runs placed in the next minutes (window 1m, 5m, 15m)",
+            m.due_work_seconds.clone(),
         );
         r.register(
             "fire_lateness_seconds",

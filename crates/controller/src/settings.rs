@@ -137,10 +137,31 @@ impl CatalogSettings {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PlacementSettings {
+    /// `load-aware` (default), `hash` or `none`.
     pub strategy: Strategy,
+    /// Run time assumed for queries without `estimated_duration`.
+    #[serde(with = "humantime_serde")]
+    pub default_duration: Duration,
+    /// Share by which a fresh load-aware placement must lower the peak before existing
+    /// placements move.
+    pub rebalance_margin: f64,
+    /// The horizon load-aware placement plans over.
+    #[serde(with = "humantime_serde")]
+    pub horizon: Duration,
+}
+
+impl Default for PlacementSettings {
+    fn default() -> Self {
+        PlacementSettings {
+            strategy: Strategy::LoadAware,
+            default_duration: Duration::from_secs(30),
+            rebalance_margin: 0.05,
+            horizon: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -262,6 +283,20 @@ impl Validate for Settings {
         }
         if c.max_sql_bytes == 0 {
             p.push("catalog.max_sql_bytes must be above 0".into());
+        }
+        let pl = &self.placement;
+        if pl.default_duration.is_zero() {
+            p.push("placement.default_duration must be above 0".into());
+        }
+        if !(0.0..1.0).contains(&pl.rebalance_margin) {
+            p.push(format!(
+                "placement.rebalance_margin {} must be in [0, 1)",
+                pl.rebalance_margin
+            ));
+        }
+        if pl.horizon < Duration::from_secs(3600) || pl.horizon > Duration::from_secs(7 * 24 * 3600)
+        {
+            p.push("placement.horizon must be between 1h and 7d".into());
         }
         let ps = &self.pubsub;
         if ps.project.trim().is_empty() {

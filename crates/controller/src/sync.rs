@@ -38,6 +38,9 @@ impl Source {
 pub struct Syncer {
     pub source: Source,
     pub policy: CatalogPolicy,
+    pub placement: crate::settings::PlacementSettings,
+    /// The load-aware offsets in force.
+    placements: Arc<std::collections::HashMap<crate::catalog::ScheduleKey, std::time::Duration>>,
     pub timer: Arc<Mutex<Timer>>,
     pub timer_changed: Arc<Notify>,
     pub metrics: Metrics,
@@ -55,6 +58,8 @@ impl Syncer {
         Syncer {
             source,
             policy,
+            placement: crate::settings::PlacementSettings::default(),
+            placements: Arc::default(),
             timer,
             timer_changed,
             metrics,
@@ -80,8 +85,12 @@ impl Syncer {
             .await
             .map_err(|e| PlatformError::Token(format!("validation task failed: {e}")))?;
         self.report_problems(&catalog);
+        let placements = self.place(&catalog).await;
         let diff = {
             let mut timer = self.timer.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(p) = placements {
+                timer.set_placements(p);
+            }
             let diff = timer.apply(&catalog.schedules, Utc::now());
             self.metrics.schedules.set(timer.len() as i64);
             diff
@@ -118,6 +127,52 @@ impl Syncer {
             "catalog synced"
         );
         Ok((diff, catalog))
+    }
+
+    /// Load-aware placement of the catalog, keeping the offsets in force unless a fresh
+    /// placement lowers the peak by more than the margin. `None` for other strategies.
+    async fn place(
+        &mut self,
+        catalog: &Catalog,
+    ) -> Option<Arc<std::collections::HashMap<crate::catalog::ScheduleKey, std::time::Duration>>>
+    {
+        if self.placement.strategy != crate::placement::Strategy::LoadAware {
+            return None;
+        }
+        let (schedules, settings, prior) = (
+            catalog.schedules.clone(),
+            self.placement.clone(),
+            self.placements.clone(),
+        );
+        let started = std::time::Instant::now();
+        let placed = tokio::task::spawn_blocking(move || {
+            let items = crate::plan::items(
+                &schedules,
+                Utc::now(),
+                settings.horizon,
+                settings.default_duration,
+            );
+            let placer = crate::placement::LoadAware {
+                margin: settings.rebalance_margin,
+                ..Default::default()
+            };
+            placer.place(
+                &items,
+                (!prior.is_empty()).then_some(&*prior),
+                settings.horizon,
+            )
+        })
+        .await
+        .ok()?;
+        tracing::info!(
+            schedules = placed.offsets.len(),
+            moved = placed.moved,
+            expected_peak = placed.peak,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "load-aware placement"
+        );
+        self.placements = Arc::new(placed.offsets);
+        Some(self.placements.clone())
     }
 
     /// Logs and counts each problem the first time it appears.
