@@ -153,6 +153,10 @@ impl Application {
             metrics.clone(),
         );
         syncer.placement = settings.placement.clone();
+        let schedule_api = crate::admin_api::ScheduleApi {
+            catalog: syncer.view.clone(),
+            timer: timer.clone(),
+        };
         tasks.spawn(
             "due-forecast",
             forecast_due(
@@ -204,7 +208,8 @@ impl Application {
         let router = admin::router(AdminState {
             readiness,
             registry,
-        });
+        })
+        .merge(crate::admin_api::router(schedule_api));
         let admin_task = tokio::spawn(admin.serve(router, admin_stop.clone()));
 
         let result = tasks.join().await;

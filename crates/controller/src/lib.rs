@@ -2,6 +2,7 @@
 //! inside its spread window, keeps a timer per schedule and publishes one job message per
 //! due run. It never runs a query.
 
+pub mod admin_api;
 pub mod app;
 pub mod bench;
 pub mod catalog;

@@ -44,6 +44,8 @@ pub struct Syncer {
     pub timer: Arc<Mutex<Timer>>,
     pub timer_changed: Arc<Notify>,
     pub metrics: Metrics,
+    /// The schedules in force, for the admin API.
+    pub view: crate::admin_api::CatalogView,
     known_problems: BTreeSet<Problem>,
 }
 
@@ -63,6 +65,7 @@ impl Syncer {
             timer,
             timer_changed,
             metrics,
+            view: Arc::default(),
             known_problems: BTreeSet::new(),
         }
     }
@@ -96,6 +99,7 @@ impl Syncer {
             diff
         };
         self.timer_changed.notify_one();
+        *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog.schedules.clone());
         self.metrics
             .catalog_syncs
             .get_or_create(&OutcomeLabels { outcome: "ok" })

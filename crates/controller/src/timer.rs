@@ -350,6 +350,36 @@ impl Timer {
         chrono::Duration::from_std(placed).unwrap_or_default()
     }
 
+    /// The next `n` runs of `schedule` placed after `now`, as (nominal, placed) times, with
+    /// the offsets this timer would give them.
+    pub fn next_runs(
+        &self,
+        schedule: &Schedule,
+        now: DateTime<Utc>,
+        n: usize,
+    ) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+        let mut out = Vec::with_capacity(n);
+        // A run whose nominal time has passed may still be pending inside its window.
+        let back = chrono::Duration::from_std(schedule.spread).unwrap_or_default();
+        let mut prev = schedule.cadence.prev_before(now - back);
+        let mut t = now - back;
+        while out.len() < n {
+            let Some(nominal) = schedule.cadence.next_after(t) else {
+                break;
+            };
+            let placed = nominal
+                + prev.map_or(chrono::Duration::zero(), |p| {
+                    self.offset(schedule, p, nominal)
+                });
+            if placed > now {
+                out.push((nominal, placed));
+            }
+            prev = Some(nominal);
+            t = nominal;
+        }
+        out
+    }
+
     /// When the earliest pending run is placed.
     pub fn next_deadline(&mut self) -> Option<DateTime<Utc>> {
         while let Some(Reverse(top)) = self.heap.peek().copied() {

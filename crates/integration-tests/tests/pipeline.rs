@@ -323,6 +323,37 @@ async fn a_resync_adds_changes_and_removes_schedules_without_a_restart() {
     })
     .await
     .expect("controller ready");
+    // The schedule API: next fire times and placement, JSON errors for unknown ids.
+    let (status, body) = get(admin, "/v1/schedules/acme/shop/kept?next=3").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let next = v["next"].as_array().expect("next");
+    assert_eq!(next.len(), 3, "{body}");
+    let nominal = |i: usize| {
+        chrono::DateTime::parse_from_rfc3339(next[i]["nominal"].as_str().expect("nominal"))
+            .expect("time")
+    };
+    assert_eq!((nominal(1) - nominal(0)).num_seconds(), 1, "{body}");
+    assert_eq!(v["schedule"], "* * * * * *");
+    let (status, body) = get(admin, "/v1/tenants/acme/schedules").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["schedules"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    let (status, body) = get(admin, "/v1/schedules/acme/shop/nope").await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["code"],
+        "not_found"
+    );
+    assert_eq!(
+        get(admin, "/v1/schedules/acme/shop/kept?next=1000").await.0,
+        400
+    );
+
     tokio::time::sleep(Duration::from_millis(2500)).await;
     write_catalog(&[
         ("kept", "* * * * * *"),
