@@ -90,7 +90,7 @@ async fn tenant_schedules(
 ) -> Response {
     let next = match next_count(&q) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "invalid_argument", message),
     };
     let catalog = api
         .catalog
@@ -119,7 +119,7 @@ async fn one_schedule(
 ) -> Response {
     let next = match next_count(&q) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "invalid_argument", message),
     };
     let key = ScheduleKey {
         tenant_id: Arc::from(tenant.as_str()),
