@@ -46,15 +46,11 @@ fn error(status: StatusCode, code: &str, message: String) -> Response {
     (status, Json(json!({"code": code, "message": message}))).into_response()
 }
 
-fn next_count(q: &NextQuery) -> Result<usize, Response> {
+fn next_count(q: &NextQuery) -> Result<usize, String> {
     match q.next {
         None => Ok(5),
         Some(n) if n <= MAX_NEXT => Ok(n),
-        Some(n) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "invalid_argument",
-            format!("next={n} is over the maximum of {MAX_NEXT}"),
-        )),
+        Some(n) => Err(format!("next={n} is over the maximum of {MAX_NEXT}")),
     }
 }
 
