@@ -55,16 +55,12 @@ fn next_count(q: &NextQuery) -> Result<usize, String> {
 }
 
 fn describe(api: &ScheduleApi, s: &Schedule, next: usize) -> Value {
-    let runs = api
-        .timer
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .next_runs(s, Utc::now(), next);
+    let runs = api.timer.lock().unwrap_or_else(|p| p.into_inner()).next_runs(s, Utc::now(), next);
     json!({
         "tenant_id": &*s.key.tenant_id,
         "app_id": &*s.key.app_id,
         "query_id": &*s.key.query_id,
-        "schedule": s.expression,
+        "schedule": &*s.expression,
         "timezone": s.timezone.name(),
         "spread_s": s.spread.as_secs(),
         "engine": &*s.engine,
@@ -88,22 +84,11 @@ async fn tenant_schedules(
         Ok(n) => n,
         Err(message) => return error(StatusCode::BAD_REQUEST, "invalid_argument", message),
     };
-    let catalog = api
-        .catalog
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let schedules: Vec<Value> = catalog
-        .values()
-        .filter(|s| *s.key.tenant_id == *tenant)
-        .map(|s| describe(&api, s, next))
-        .collect();
+    let catalog = api.catalog.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let schedules: Vec<Value> =
+        catalog.values().filter(|s| *s.key.tenant_id == *tenant).map(|s| describe(&api, s, next)).collect();
     if schedules.is_empty() {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("tenant {tenant:?} has no schedules"),
-        );
+        return error(StatusCode::NOT_FOUND, "not_found", format!("tenant {tenant:?} has no schedules"));
     }
     Json(json!({"tenant_id": tenant, "schedules": schedules})).into_response()
 }
@@ -122,17 +107,9 @@ async fn one_schedule(
         app_id: Arc::from(app.as_str()),
         query_id: Arc::from(query.as_str()),
     };
-    let catalog = api
-        .catalog
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let catalog = api.catalog.read().unwrap_or_else(|p| p.into_inner()).clone();
     match catalog.get(&key) {
         Some(s) => Json(describe(&api, s, next)).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no schedule {key}"),
-        ),
+        None => error(StatusCode::NOT_FOUND, "not_found", format!("no schedule {key}")),
     }
 }

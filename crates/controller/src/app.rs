@@ -49,10 +49,9 @@ impl Application {
                 let p = &settings.platform;
                 let token = match &p.token_file {
                     Some(path) => TokenSource::File(path.clone()),
-                    None => TokenSource::Env {
-                        var: p.token_env.clone(),
-                        value: env.get(&p.token_env).map(Secret::new),
-                    },
+                    None => {
+                        TokenSource::Env { var: p.token_env.clone(), value: env.get(&p.token_env).map(Secret::new) }
+                    }
                 };
                 Source::Api(PlatformClient::new(ApiSettings {
                     base_url: p.base_url.clone(),
@@ -98,16 +97,7 @@ impl Application {
     /// Runs until `shutdown` is cancelled or a critical task fails. Shutdown order: stop
     /// the catalog sync and the timer, drain in-flight publishes, stop the admin server.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Application {
-            settings,
-            admin,
-            readiness,
-            registry,
-            metrics,
-            source,
-            connection,
-            sink,
-        } = self;
+        let Application { settings, admin, readiness, registry, metrics, source, connection, sink } = self;
         let uses_pubsub = sink.is_none();
         if uses_pubsub {
             tracing::info!(
@@ -130,11 +120,7 @@ impl Application {
                 if ps.create_topics {
                     connection.ensure_topic(&ps.jobs_topic).await?;
                 }
-                Arc::new(
-                    connection
-                        .publisher(&ps.jobs_topic, ps.publish_timeout)
-                        .await?,
-                )
+                Arc::new(connection.publisher(&ps.jobs_topic, ps.publish_timeout).await?)
             }
         };
 
@@ -145,40 +131,16 @@ impl Application {
         let admin_stop = CancellationToken::new();
         let mut tasks = Supervisor::new(work.clone());
 
-        let mut syncer = Syncer::new(
-            source,
-            settings.catalog.policy(),
-            timer.clone(),
-            timer_changed.clone(),
-            metrics.clone(),
-        );
+        let mut syncer =
+            Syncer::new(source, settings.catalog.policy(), timer.clone(), timer_changed.clone(), metrics.clone());
         syncer.placement = settings.placement.clone();
-        let schedule_api = crate::admin_api::ScheduleApi {
-            catalog: syncer.view.clone(),
-            timer: timer.clone(),
-        };
+        let schedule_api = crate::admin_api::ScheduleApi { catalog: syncer.view.clone(), timer: timer.clone() };
         tasks.spawn(
             "due-forecast",
-            forecast_due(
-                timer.clone(),
-                settings.placement.default_duration,
-                metrics.clone(),
-                work.clone(),
-            ),
+            forecast_due(timer.clone(), settings.placement.default_duration, metrics.clone(), work.clone()),
         );
-        tasks.spawn(
-            "catalog-sync",
-            run_sync(
-                syncer,
-                settings.catalog.sync_interval,
-                readiness.clone(),
-                work.clone(),
-            ),
-        );
-        tasks.spawn(
-            "timer",
-            crate::timer::drive(timer, timer_changed, runs_tx, metrics.clone(), work.clone()),
-        );
+        tasks.spawn("catalog-sync", run_sync(syncer, settings.catalog.sync_interval, readiness.clone(), work.clone()));
+        tasks.spawn("timer", crate::timer::drive(timer, timer_changed, runs_tx, metrics.clone(), work.clone()));
         tasks.spawn(
             "publisher",
             run_publisher(
@@ -197,19 +159,10 @@ impl Application {
         if uses_pubsub {
             tasks.spawn(
                 "pubsub-check",
-                check_pubsub(
-                    connection.clone(),
-                    settings.pubsub.jobs_topic.clone(),
-                    readiness.clone(),
-                    work.clone(),
-                ),
+                check_pubsub(connection.clone(), settings.pubsub.jobs_topic.clone(), readiness.clone(), work.clone()),
             );
         }
-        let router = admin::router(AdminState {
-            readiness,
-            registry,
-        })
-        .merge(crate::admin_api::router(schedule_api));
+        let router = admin::router(AdminState { readiness, registry }).merge(crate::admin_api::router(schedule_api));
         let admin_task = tokio::spawn(admin.serve(router, admin_stop.clone()));
 
         let result = tasks.join().await;
@@ -258,11 +211,7 @@ async fn run_sync(
                 readiness.set(
                     CHECK_CATALOG,
                     true,
-                    format!(
-                        "{} schedules, {} skipped items",
-                        catalog.schedules.len(),
-                        catalog.problems.len()
-                    ),
+                    format!("{} schedules, {} skipped items", catalog.schedules.len(), catalog.problems.len()),
                 );
                 break;
             }
@@ -271,11 +220,8 @@ async fn run_sync(
                 tracing::error!(attempt, error = %e, "first catalog sync failed, retrying");
             }
         }
-        let wait = crate::platform::backoff_with_jitter(
-            attempt,
-            Duration::from_secs(1),
-            interval.max(Duration::from_secs(2)),
-        );
+        let wait =
+            crate::platform::backoff_with_jitter(attempt, Duration::from_secs(1), interval.max(Duration::from_secs(2)));
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             _ = tokio::time::sleep(wait) => {}
@@ -283,9 +229,7 @@ async fn run_sync(
     }
 
     let (tick_tx, mut ticks) = mpsc::channel::<()>(1);
-    let mut cadence = tokio_cron_scheduler::JobScheduler::new()
-        .await
-        .context("cannot start the sync cadence")?;
+    let mut cadence = tokio_cron_scheduler::JobScheduler::new().await.context("cannot start the sync cadence")?;
     let job = tokio_cron_scheduler::Job::new_repeated_async(interval, move |_, _| {
         let tick_tx = tick_tx.clone();
         Box::pin(async move {
@@ -294,14 +238,8 @@ async fn run_sync(
         })
     })
     .context("cannot schedule the catalog sync")?;
-    cadence
-        .add(job)
-        .await
-        .context("cannot schedule the catalog sync")?;
-    cadence
-        .start()
-        .await
-        .context("cannot start the sync cadence")?;
+    cadence.add(job).await.context("cannot schedule the catalog sync")?;
+    cadence.start().await.context("cannot start the sync cadence")?;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -311,19 +249,11 @@ async fn run_sync(
             Ok((_, catalog)) => readiness.set(
                 CHECK_CATALOG,
                 true,
-                format!(
-                    "{} schedules, {} skipped items",
-                    catalog.schedules.len(),
-                    catalog.problems.len()
-                ),
+                format!("{} schedules, {} skipped items", catalog.schedules.len(), catalog.problems.len()),
             ),
             Err(e) => {
                 // Keep the running schedules: still ready, but say so.
-                readiness.set(
-                    CHECK_CATALOG,
-                    true,
-                    format!("last sync failed, running on the previous catalog: {e}"),
-                );
+                readiness.set(CHECK_CATALOG, true, format!("last sync failed, running on the previous catalog: {e}"));
                 tracing::error!(error = %e, "catalog sync failed, keeping the running schedules");
             }
         }
@@ -342,11 +272,8 @@ async fn forecast_due(
     metrics: Metrics,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    const WINDOWS: [(&str, Duration); 3] = [
-        ("1m", Duration::from_secs(60)),
-        ("5m", Duration::from_secs(300)),
-        ("15m", Duration::from_secs(900)),
-    ];
+    const WINDOWS: [(&str, Duration); 3] =
+        [("1m", Duration::from_secs(60)), ("5m", Duration::from_secs(300)), ("15m", Duration::from_secs(900))];
     let windows: Vec<Duration> = WINDOWS.iter().map(|(_, d)| *d).collect();
     loop {
         let due = {

@@ -45,10 +45,7 @@ pub struct TimerBench {
 /// keeps the total at or under `fires_per_minute`.
 pub fn period_minutes(n: usize, fires_per_minute: usize) -> i64 {
     let want = n.div_ceil(fires_per_minute.max(1)).max(1) as i64;
-    [1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60]
-        .into_iter()
-        .find(|d| *d >= want)
-        .unwrap_or(60)
+    [1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60].into_iter().find(|d| *d >= want).unwrap_or(60)
 }
 
 /// The cron of schedule `i` firing every `period` minutes, at second `i mod 60` and a
@@ -107,11 +104,7 @@ pub fn process_cpu() -> Duration {
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for task in tasks.flatten() {
             if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
-                total += text
-                    .split_whitespace()
-                    .next()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
+                total += text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
             }
         }
     }
@@ -139,9 +132,11 @@ fn live_bytes(alloc: &'static Allocator) -> i64 {
 /// N schedules: schedule i uses the cron `cron(i)`; identical crons share one cadence; one
 /// SQL text; one tenant per 100 schedules.
 pub fn schedules(n: usize, cron: impl Fn(usize) -> String) -> BTreeMap<ScheduleKey, Arc<Schedule>> {
-    let mut cadences: std::collections::HashMap<String, Arc<Cadence>> =
-        std::collections::HashMap::new();
-    let sql: Arc<str> = Arc::from("SELECT store, SUM(amount) AS revenue FROM sales WHERE ts >= @window_start AND ts < @window_end GROUP BY store".repeat(3));
+    let mut cadences: std::collections::HashMap<String, Arc<Cadence>> = std::collections::HashMap::new();
+    let sql: Arc<str> = Arc::from(
+        "SELECT store, SUM(amount) AS revenue FROM sales WHERE ts >= @window_start AND ts < @window_end GROUP BY store"
+            .repeat(3),
+    );
     let (engine, destination, app): (Arc<str>, Arc<str>, Arc<str>) =
         (Arc::from("warehouse"), Arc::from("out"), Arc::from("app"));
     let mut tenant: Arc<str> = Arc::from("t0");
@@ -150,20 +145,14 @@ pub fn schedules(n: usize, cron: impl Fn(usize) -> String) -> BTreeMap<ScheduleK
         if i % 100 == 0 {
             tenant = Arc::from(format!("t{}", i / 100));
         }
-        let key = ScheduleKey {
-            tenant_id: tenant.clone(),
-            app_id: app.clone(),
-            query_id: Arc::from(format!("q{i}")),
-        };
+        let key = ScheduleKey { tenant_id: tenant.clone(), app_id: app.clone(), query_id: Arc::from(format!("q{i}")) };
         let schedule = Schedule {
             key: key.clone(),
-            expression: String::new(),
+            expression: Arc::from(""),
             timezone: chrono_tz::Tz::UTC,
             cadence: cadences
                 .entry(cron(i))
-                .or_insert_with_key(|c| {
-                    Arc::new(Cadence::parse(c, chrono_tz::Tz::UTC).expect("valid bench cron"))
-                })
+                .or_insert_with_key(|c| Arc::new(Cadence::parse(c, chrono_tz::Tz::UTC).expect("valid bench cron")))
                 .clone(),
             spread: Duration::ZERO,
             engine: engine.clone(),
@@ -227,14 +216,8 @@ impl Recorder {
 
     fn record(&self, i: usize, nominal: DateTime<Utc>, placed: DateTime<Utc>, now: DateTime<Utc>) {
         let late = (now - placed).num_microseconds().unwrap_or(i64::MAX).max(0) as u64;
-        self.lateness_us
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(late);
-        self.fires
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((i as u32, nominal.timestamp()));
+        self.lateness_us.lock().unwrap_or_else(|p| p.into_inner()).push(late);
+        self.fires.lock().unwrap_or_else(|p| p.into_inner()).push((i as u32, nominal.timestamp()));
     }
 
     /// Compares the fires with the calendar of (start, until] for `n` schedules firing at
@@ -254,17 +237,9 @@ impl Recorder {
             }
         }
         let from = DateTime::from_timestamp(start, 0).unwrap_or_default();
-        let missed = (0..n)
-            .map(|i| expected_fires(i, period, from, until).saturating_sub(got[i]))
-            .sum();
-        let lateness =
-            std::mem::take(&mut *self.lateness_us.lock().unwrap_or_else(|p| p.into_inner()));
-        Tally {
-            fires: total,
-            missed,
-            duplicates,
-            lateness_ms: percentiles(lateness),
-        }
+        let missed = (0..n).map(|i| expected_fires(i, period, from, until).saturating_sub(got[i])).sum();
+        let lateness = std::mem::take(&mut *self.lateness_us.lock().unwrap_or_else(|p| p.into_inner()));
+        Tally { fires: total, missed, duplicates, lateness_ms: percentiles(lateness) }
     }
 }
 
@@ -276,23 +251,14 @@ async fn idle_cpu(duration: Duration) -> f64 {
 
 /// Our timer, driven by the controller's own timer task.
 pub async fn ours(n: usize, cfg: &TimerBench, alloc: &'static Allocator) -> Figures {
-    let mut f = Figures {
-        name: "controller timer",
-        schedules: n,
-        ..Figures::default()
-    };
+    let mut f = Figures { name: "controller timer", schedules: n, ..Figures::default() };
     let catalog_before = live_bytes(alloc);
     let period = period_minutes(n, cfg.fires_per_minute);
     let every_minute = schedules(n, |i| cron_of(i, period));
     let catalog_bytes = (live_bytes(alloc) - catalog_before) as f64 / n as f64;
     let index: std::collections::HashMap<usize, usize> = every_minute
         .values()
-        .map(|s| {
-            (
-                Arc::as_ptr(s) as usize,
-                s.key.query_id[1..].parse::<usize>().unwrap_or(0),
-            )
-        })
+        .map(|s| (Arc::as_ptr(s) as usize, s.key.query_id[1..].parse::<usize>().unwrap_or(0)))
         .collect();
 
     let before = live_bytes(alloc);
@@ -320,10 +286,7 @@ pub async fn ours(n: usize, cfg: &TimerBench, alloc: &'static Allocator) -> Figu
         let recorder = recorder.clone();
         tokio::spawn(async move {
             while let Some(run) = rx.recv().await {
-                let i = index
-                    .get(&(Arc::as_ptr(&run.schedule) as usize))
-                    .copied()
-                    .unwrap_or(0);
+                let i = index.get(&(Arc::as_ptr(&run.schedule) as usize)).copied().unwrap_or(0);
                 recorder.record(i, run.nominal, run.placed, Utc::now());
             }
         })
@@ -334,18 +297,14 @@ pub async fn ours(n: usize, cfg: &TimerBench, alloc: &'static Allocator) -> Figu
     let _ = driver.await;
     let _ = consumer.await;
     let t = recorder.tally(n, period, until);
-    (f.fires, f.missed, f.duplicates, f.lateness_ms) =
-        (t.fires, t.missed, t.duplicates, t.lateness_ms);
+    (f.fires, f.missed, f.duplicates, f.lateness_ms) = (t.fires, t.missed, t.duplicates, t.lateness_ms);
     drop(timer);
     drop(every_minute);
 
     // Idle: the same number of schedules, due once a year.
     let yearly = schedules(n, |i| format!("{} 0 0 1 1 *", i % 60));
     let idle_timer = Arc::new(Mutex::new(Timer::new(Strategy::None)));
-    idle_timer
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .apply(&yearly, Utc::now());
+    idle_timer.lock().unwrap_or_else(|p| p.into_inner()).apply(&yearly, Utc::now());
     let (tx, _rx) = tokio::sync::mpsc::channel::<DueRun>(1);
     let stop = CancellationToken::new();
     let driver = tokio::spawn(crate::timer::drive(
@@ -372,31 +331,22 @@ async fn add_baseline_jobs(
 ) -> Result<(tokio_cron_scheduler::JobScheduler, Duration), String> {
     use tokio_cron_scheduler::{Job, JobScheduler};
     let started = Instant::now();
-    let scheduler = JobScheduler::new()
-        .await
-        .map_err(|e| format!("could not start: {e}"))?;
+    let scheduler = JobScheduler::new().await.map_err(|e| format!("could not start: {e}"))?;
     for i in 0..n {
         let expression = cron(i);
-        let cadence = Arc::new(
-            Cadence::parse(&expression, chrono_tz::Tz::UTC)
-                .map_err(|e| format!("cron {expression}: {e}"))?,
-        );
+        let cadence =
+            Arc::new(Cadence::parse(&expression, chrono_tz::Tz::UTC).map_err(|e| format!("cron {expression}: {e}"))?);
         let recorder = recorder.clone();
         let job = Job::new_async(expression, move |_, _| {
             let (recorder, cadence) = (recorder.clone(), cadence.clone());
             Box::pin(async move {
                 let now = Utc::now();
-                let nominal = cadence
-                    .prev_before(now + chrono::Duration::milliseconds(1))
-                    .unwrap_or(now);
+                let nominal = cadence.prev_before(now + chrono::Duration::milliseconds(1)).unwrap_or(now);
                 recorder.record(i, nominal, nominal, now);
             })
         })
         .map_err(|e| format!("job {i}: {e}"))?;
-        scheduler
-            .add(job)
-            .await
-            .map_err(|e| format!("add {i}: {e}"))?;
+        scheduler.add(job).await.map_err(|e| format!("add {i}: {e}"))?;
         if started.elapsed() > limit {
             let mut s = scheduler;
             let _ = s.shutdown().await;
@@ -412,23 +362,18 @@ async fn add_baseline_jobs(
 }
 
 pub async fn baseline(n: usize, cfg: &TimerBench, alloc: &'static Allocator) -> Figures {
-    let mut f = Figures {
-        name: "tokio-cron-scheduler",
-        schedules: n,
-        ..Figures::default()
-    };
+    let mut f = Figures { name: "tokio-cron-scheduler", schedules: n, ..Figures::default() };
     let recorder = Arc::new(Recorder::new());
     let before = live_bytes(alloc);
     let period = period_minutes(n, cfg.fires_per_minute);
-    let (scheduler, took) =
-        match add_baseline_jobs(n, |i| cron_of(i, period), &recorder, cfg.baseline_add_limit).await
-        {
-            Ok(v) => v,
-            Err(note) => {
-                f.note = note;
-                return f;
-            }
-        };
+    let (scheduler, took) = match add_baseline_jobs(n, |i| cron_of(i, period), &recorder, cfg.baseline_add_limit).await
+    {
+        Ok(v) => v,
+        Err(note) => {
+            f.note = note;
+            return f;
+        }
+    };
     f.add_secs = took.as_secs_f64();
     f.bytes_per_schedule = (live_bytes(alloc) - before) as f64 / n as f64;
     recorder.begin(Utc::now());
@@ -441,19 +386,11 @@ pub async fn baseline(n: usize, cfg: &TimerBench, alloc: &'static Allocator) -> 
     let mut s = scheduler;
     let _ = s.shutdown().await;
     let t = recorder.tally(n, period, until);
-    (f.fires, f.missed, f.duplicates, f.lateness_ms) =
-        (t.fires, t.missed, t.duplicates, t.lateness_ms);
+    (f.fires, f.missed, f.duplicates, f.lateness_ms) = (t.fires, t.missed, t.duplicates, t.lateness_ms);
     drop(s);
 
     let idle_recorder = Arc::new(Recorder::new());
-    match add_baseline_jobs(
-        n,
-        |i| format!("{} 0 0 1 1 *", i % 60),
-        &idle_recorder,
-        cfg.baseline_add_limit,
-    )
-    .await
-    {
+    match add_baseline_jobs(n, |i| format!("{} 0 0 1 1 *", i % 60), &idle_recorder, cfg.baseline_add_limit).await {
         Ok((scheduler, _)) => {
             if scheduler.start().await.is_ok() {
                 f.idle_cpu_percent = idle_cpu(cfg.idle).await;
@@ -477,17 +414,11 @@ pub async fn run_timer_bench(cfg: TimerBench, alloc: &'static Allocator) {
     println!("{}", Figures::HEADER);
     let mut baseline_stopped = false;
     for &n in &cfg.sizes {
-        eprintln!(
-            "bench: controller timer, {n} schedules, each every {} min",
-            period_minutes(n, cfg.fires_per_minute)
-        );
+        eprintln!("bench: controller timer, {n} schedules, each every {} min", period_minutes(n, cfg.fires_per_minute));
         println!("{}", ours(n, &cfg, alloc).await.line());
         if cfg.baseline {
             if baseline_stopped {
-                println!(
-                    "{:<22} {:>9}  skipped: stopped at a smaller size",
-                    "tokio-cron-scheduler", n
-                );
+                println!("{:<22} {:>9}  skipped: stopped at a smaller size", "tokio-cron-scheduler", n);
                 continue;
             }
             eprintln!("bench: tokio-cron-scheduler, {n} schedules");
@@ -496,4 +427,146 @@ pub async fn run_timer_bench(cfg: TimerBench, alloc: &'static Allocator) {
             println!("{}", f.line());
         }
     }
+}
+
+/// Writes a catalog file of `n` schedules: 100 queries per tenant (two apps of 50), SQL texts
+/// of about `sql_bytes` bytes from 100 app templates shared across tenants (as when many
+/// tenants install the same app), 70% hourly, 20% every 15 minutes, 10% daily.
+pub fn write_sync_catalog(path: &std::path::Path, n: usize, sql_bytes: usize) -> std::io::Result<u64> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let templates: Vec<String> = (0..100)
+        .map(|t| {
+            let mut sql = format!(
+                "SELECT store, SUM(amount) AS revenue, COUNT(*) AS sales FROM sales_{t} \
+                 WHERE ts >= @window_start AND ts < @window_end GROUP BY store"
+            );
+            while sql.len() < sql_bytes {
+                sql.push_str(" -- padding");
+            }
+            sql
+        })
+        .collect();
+    write!(out, "{{\"tenants\":[")?;
+    let tenants = n.div_ceil(100);
+    let mut written = 0;
+    for t in 0..tenants {
+        if t > 0 {
+            write!(out, ",")?;
+        }
+        write!(out, "{{\"id\":\"tenant-{t}\",\"status\":\"active\",\"timezone\":\"Europe/Berlin\",\"apps\":[")?;
+        for a in 0..2 {
+            if a > 0 {
+                write!(out, ",")?;
+            }
+            write!(out, "{{\"id\":\"app-{a}\",\"queries\":[")?;
+            for q in 0..50 {
+                if written == n {
+                    break;
+                }
+                if q > 0 {
+                    write!(out, ",")?;
+                }
+                let (schedule, spread) = match q % 10 {
+                    0..=6 => ("0 * * * *", "30m"),
+                    7 | 8 => ("*/15 * * * *", "10m"),
+                    _ => ("0 0 * * *", "2h"),
+                };
+                let query = serde_json::json!({
+                    "id": format!("q{q}"),
+                    "schedule": schedule,
+                    "spread": spread,
+                    "engine": "warehouse",
+                    "sql": templates[(t * 2 + a) % templates.len()],
+                    "destination": format!("out_{a}"),
+                    "estimated_duration": "20s",
+                });
+                write!(out, "{query}")?;
+                written += 1;
+            }
+            write!(out, "]}}")?;
+        }
+        write!(out, "]}}")?;
+    }
+    write!(out, "]}}")?;
+    out.flush()?;
+    Ok(std::fs::metadata(path)?.len())
+}
+
+/// `controller bench sync`: a full catalog sync (read the file, validate, diff into the
+/// timer) of `n` schedules, twice — the first adds everything, the second is a re-sync that
+/// changes nothing — with the process's RSS after each.
+pub async fn run_sync_bench(n: usize, sql_bytes: usize) -> anyhow::Result<()> {
+    use crate::catalog::{CatalogPolicy, validate};
+    let dir = std::env::temp_dir().join(format!("sync-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("catalog.json");
+    let started = Instant::now();
+    let bytes = write_sync_catalog(&path, n, sql_bytes)?;
+    eprintln!("bench: wrote {} ({} MB) in {:.1}s", path.display(), bytes >> 20, started.elapsed().as_secs_f64());
+    let mut policy = CatalogPolicy::for_tests();
+    policy.max_spread = Duration::from_secs(3 * 3600);
+    policy.max_sql_bytes = sql_bytes * 2;
+    let mut timer = Timer::new(Strategy::Hash);
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "sync bench: {n} schedules, SQL texts of ~{sql_bytes} bytes from 100 shared templates, catalog file {:.0} MB",
+        mb(bytes)
+    );
+    println!(
+        "pass      read+parse   validate   timer diff   total   schedules  added  unchanged   RSS MB  peak RSS MB"
+    );
+    let mut current = None;
+    for pass in ["first", "re-sync"] {
+        let t0 = Instant::now();
+        let path2 = path.clone();
+        let raw = tokio::task::spawn_blocking(move || crate::platform::read_catalog_file(&path2)).await??;
+        let t_read = t0.elapsed();
+        let t1 = Instant::now();
+        let catalog = validate(&raw, &policy);
+        drop(raw);
+        let t_validate = t1.elapsed();
+        anyhow::ensure!(catalog.problems.is_empty(), "generated catalog has problems: {:?}", &catalog.problems[..1]);
+        let t2 = Instant::now();
+        let diff = timer.apply(&catalog.schedules, Utc::now());
+        let t_diff = t2.elapsed();
+        // The previous catalog is released once the new one is in force.
+        current = Some(catalog);
+        let (rss, peak) = rss();
+        println!(
+            "{pass:<8} {:>10.2}s {:>9.2}s {:>11.2}s {:>6.2}s {:>11} {:>6} {:>10} {:>8.0} {:>12.0}",
+            t_read.as_secs_f64(),
+            t_validate.as_secs_f64(),
+            t_diff.as_secs_f64(),
+            t0.elapsed().as_secs_f64(),
+            current.as_ref().map_or(0, |c| c.schedules.len()),
+            diff.added,
+            diff.unchanged,
+            mb(rss),
+            mb(peak)
+        );
+    }
+    // What a re-sync adds with load-aware placement: the 24 h profile of every run, with
+    // the offsets in force kept (no schedule is new).
+    if let Some(catalog) = &current {
+        let t = Instant::now();
+        let items =
+            crate::plan::items(&catalog.schedules, Utc::now(), Duration::from_secs(24 * 3600), Duration::from_secs(30));
+        let prior: std::collections::HashMap<ScheduleKey, Duration> = items
+            .iter()
+            .map(|i| (i.key.clone(), crate::placement::offset(Strategy::Hash, &i.key, i.window, i.window)))
+            .collect();
+        let placer = crate::placement::LoadAware { rebalance: false, ..Default::default() };
+        let placed = placer.place(&items, Some(&prior), Duration::from_secs(24 * 3600));
+        let (rss, peak) = rss();
+        println!(
+            "load-aware re-placement keeping {} offsets: {:.2}s, RSS {:.0} MB, peak {:.0} MB",
+            placed.offsets.len(),
+            t.elapsed().as_secs_f64(),
+            mb(rss),
+            mb(peak)
+        );
+    }
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
 }

@@ -29,22 +29,120 @@ pub struct AppDoc {
     pub id: Option<String>,
     pub enabled: Option<bool>,
     #[serde(default)]
-    pub queries: Vec<serde_json::Value>,
+    pub queries: Vec<Lenient<QueryDoc>>,
+}
+
+/// An item decoded on its own: a malformed one (a field of the wrong type, say) becomes an
+/// error naming it instead of failing its whole page or file. Decoding takes the item's raw
+/// JSON text and parses it into `T`, so a large catalog is never held as JSON values. JSON
+/// input only: YAML files are converted to JSON text first.
+#[derive(Debug, Clone)]
+pub enum Lenient<T> {
+    Ok(T),
+    Bad { id: Option<String>, error: String },
+}
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        Ok(match T::deserialize(&value) {
+            Ok(item) => Lenient::Ok(item),
+            Err(e) => {
+                Lenient::Bad { id: value.get("id").and_then(|v| v.as_str()).map(str::to_owned), error: e.to_string() }
+            }
+        })
+    }
+}
+
+/// A tenant of the catalog file: the tenant document with its apps inline.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FileTenant {
+    #[serde(flatten)]
+    pub doc: TenantDoc,
+    #[serde(default)]
+    pub apps: Vec<Lenient<AppDoc>>,
+}
+
+/// The catalog file (`shared/platform-api.md`, "The catalog file").
+#[derive(Debug, Clone, Deserialize)]
+pub struct CatalogFile {
+    pub tenants: Vec<Lenient<FileTenant>>,
+}
+
+impl From<CatalogFile> for RawCatalog {
+    fn from(file: CatalogFile) -> Self {
+        let tenants = file
+            .tenants
+            .into_iter()
+            .map(|t| match t {
+                Lenient::Ok(FileTenant { doc, apps }) => RawTenant { doc: Lenient::Ok(doc), apps },
+                Lenient::Bad { id, error } => RawTenant { doc: Lenient::Bad { id, error }, apps: Vec::new() },
+            })
+            .collect();
+        RawCatalog { tenants }
+    }
+}
+
+impl RawCatalog {
+    /// The catalog of a JSON value in the catalog file's form.
+    pub fn from_json(value: serde_json::Value) -> Result<Self, serde_json::Error> {
+        serde_json::from_str::<CatalogFile>(&value.to_string()).map(Into::into)
+    }
+}
+
+impl RawTenant {
+    /// A tenant from JSON documents (for tests and tools).
+    pub fn json(doc: serde_json::Value, apps: Vec<serde_json::Value>) -> Self {
+        fn lenient<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Lenient<T> {
+            serde_json::from_str(&v.to_string()).unwrap_or_else(|e| Lenient::Bad { id: None, error: e.to_string() })
+        }
+        RawTenant { doc: lenient(doc), apps: apps.into_iter().map(lenient).collect() }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 pub struct QueryDoc {
     pub id: Option<String>,
-    pub schedule: Option<String>,
-    pub timezone: Option<String>,
-    pub spread: Option<String>,
-    pub engine: Option<String>,
-    pub sql: Option<String>,
-    pub destination: Option<String>,
-    pub timeout: Option<String>,
+    #[serde(default, deserialize_with = "interned")]
+    pub schedule: Option<Arc<str>>,
+    #[serde(default, deserialize_with = "interned")]
+    pub timezone: Option<Arc<str>>,
+    #[serde(default, deserialize_with = "interned")]
+    pub spread: Option<Arc<str>>,
+    #[serde(default, deserialize_with = "interned")]
+    pub engine: Option<Arc<str>>,
+    #[serde(default, deserialize_with = "interned")]
+    pub sql: Option<Arc<str>>,
+    #[serde(default, deserialize_with = "interned")]
+    pub destination: Option<Arc<str>>,
+    #[serde(default, deserialize_with = "interned")]
+    pub timeout: Option<Arc<str>>,
     pub max_attempts: Option<i64>,
-    pub overlap: Option<String>,
-    pub estimated_duration: Option<String>,
+    #[serde(default, deserialize_with = "interned")]
+    pub overlap: Option<Arc<str>>,
+    #[serde(default, deserialize_with = "interned")]
+    pub estimated_duration: Option<Arc<str>>,
+}
+
+/// Texts seen while decoding a catalog, so that a million queries of the same hundred apps
+/// hold a hundred SQL texts, not a million. Cleared after each read ([`forget_texts`]).
+static TEXTS: std::sync::LazyLock<std::sync::Mutex<HashSet<Arc<str>>>> = std::sync::LazyLock::new(Default::default);
+
+fn interned<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Arc<str>>, D::Error> {
+    let Some(text) = Option::<std::borrow::Cow<'de, str>>::deserialize(d)? else { return Ok(None) };
+    let mut texts = TEXTS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(shared) = texts.get(&*text) {
+        return Ok(Some(shared.clone()));
+    }
+    let shared: Arc<str> = Arc::from(&*text);
+    texts.insert(shared.clone());
+    Ok(Some(shared))
+}
+
+/// Drops the decoder's table of texts (the decoded documents keep theirs).
+pub fn forget_texts() {
+    let mut texts = TEXTS.lock().unwrap_or_else(|p| p.into_inner());
+    *texts = HashSet::new();
 }
 
 /// The documents of one sync, before validation: each tenant with its apps.
@@ -55,8 +153,8 @@ pub struct RawCatalog {
 
 #[derive(Debug, Clone)]
 pub struct RawTenant {
-    pub doc: serde_json::Value,
-    pub apps: Vec<serde_json::Value>,
+    pub doc: Lenient<TenantDoc>,
+    pub apps: Vec<Lenient<AppDoc>>,
 }
 
 /// `(tenant_id, app_id, query_id)`.
@@ -77,7 +175,7 @@ impl fmt::Display for ScheduleKey {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Schedule {
     pub key: ScheduleKey,
-    pub expression: String,
+    pub expression: Arc<str>,
     pub timezone: Tz,
     pub cadence: Arc<Cadence>,
     pub spread: Duration,
@@ -183,12 +281,8 @@ pub fn shorten(value: &str) -> String {
 }
 
 fn parse_duration(field: &'static str, value: &str) -> Result<Duration, (&'static str, String)> {
-    humantime::parse_duration(value.trim()).map_err(|e| {
-        (
-            field,
-            format!("not a duration ({e}); use e.g. \"90s\", \"10m\", \"1h\""),
-        )
-    })
+    humantime::parse_duration(value.trim())
+        .map_err(|e| (field, format!("not a duration ({e}); use e.g. \"90s\", \"10m\", \"1h\"")))
 }
 
 /// Validates every item of `raw` under `policy`.
@@ -208,25 +302,17 @@ pub fn validate(raw: &RawCatalog, policy: &CatalogPolicy) -> Catalog {
             value: shorten(value),
             reason,
         };
-        let doc: TenantDoc = match serde_json::from_value(raw_tenant.doc.clone()) {
-            Ok(doc) => doc,
-            Err(e) => {
-                let id = raw_tenant
-                    .doc
-                    .get("id")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or(MISSING);
-                catalog
-                    .problems
-                    .push(tenant_problem("document", "", e.to_string(), id));
+        let doc: &TenantDoc = match &raw_tenant.doc {
+            Lenient::Ok(doc) => doc,
+            Lenient::Bad { id, error } => {
+                let id = id.as_deref().unwrap_or(MISSING);
+                catalog.problems.push(tenant_problem("document", "", error.clone(), id));
                 catalog.tenants.skipped += 1;
                 continue;
             }
         };
         let Some(tenant_id) = doc.id.as_deref() else {
-            catalog
-                .problems
-                .push(tenant_problem("id", "", "missing".into(), MISSING));
+            catalog.problems.push(tenant_problem("id", "", "missing".into(), MISSING));
             catalog.tenants.skipped += 1;
             continue;
         };
@@ -236,11 +322,7 @@ pub fn validate(raw: &RawCatalog, policy: &CatalogPolicy) -> Catalog {
                 if seen_tenants.insert(tenant_id.to_owned()) {
                     Ok(())
                 } else {
-                    Err((
-                        "id",
-                        tenant_id.to_owned(),
-                        "duplicate tenant id; the first one is kept".into(),
-                    ))
+                    Err(("id", tenant_id.to_owned(), "duplicate tenant id; the first one is kept".into()))
                 }
             })
             .and_then(|()| match doc.status.as_deref() {
@@ -253,13 +335,9 @@ pub fn validate(raw: &RawCatalog, policy: &CatalogPolicy) -> Catalog {
             })
             .and_then(|()| match doc.timezone.as_deref() {
                 None => Ok(Tz::UTC),
-                Some(name) => name.parse::<Tz>().map_err(|_| {
-                    (
-                        "timezone",
-                        name.to_owned(),
-                        "unknown IANA time zone".to_owned(),
-                    )
-                }),
+                Some(name) => {
+                    name.parse::<Tz>().map_err(|_| ("timezone", name.to_owned(), "unknown IANA time zone".to_owned()))
+                }
             })
             .and_then(|tz| match doc.weight {
                 Some(w) if !(w.is_finite() && w > 0.0) => {
@@ -270,9 +348,7 @@ pub fn validate(raw: &RawCatalog, policy: &CatalogPolicy) -> Catalog {
         let tenant_tz = match checked {
             Ok(tz) => tz,
             Err((field, value, reason)) => {
-                catalog
-                    .problems
-                    .push(tenant_problem(field, &value, reason, tenant_id));
+                catalog.problems.push(tenant_problem(field, &value, reason, tenant_id));
                 catalog.tenants.skipped += 1;
                 continue;
             }
@@ -295,37 +371,26 @@ pub fn validate(raw: &RawCatalog, policy: &CatalogPolicy) -> Catalog {
                 value: shorten(value),
                 reason,
             };
-            let app: AppDoc = match serde_json::from_value(raw_app.clone()) {
-                Ok(app) => app,
-                Err(e) => {
-                    let id = raw_app
-                        .get("id")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or(MISSING);
-                    catalog
-                        .problems
-                        .push(app_problem("document", "", e.to_string(), id));
+            let app: &AppDoc = match raw_app {
+                Lenient::Ok(app) => app,
+                Lenient::Bad { id, error } => {
+                    let id = id.as_deref().unwrap_or(MISSING);
+                    catalog.problems.push(app_problem("document", "", error.clone(), id));
                     catalog.apps.skipped += 1;
                     continue;
                 }
             };
             let app_id = app.id.as_deref().unwrap_or(MISSING);
-            let app_check = if app.id.is_none() {
-                Err("missing".to_owned())
-            } else {
-                check_entity_id(app_id)
-            }
-            .and_then(|()| {
-                if seen_apps.insert(app_id.to_owned()) {
-                    Ok(())
-                } else {
-                    Err("duplicate app id; the first one is kept".into())
-                }
-            });
+            let app_check = if app.id.is_none() { Err("missing".to_owned()) } else { check_entity_id(app_id) }
+                .and_then(|()| {
+                    if seen_apps.insert(app_id.to_owned()) {
+                        Ok(())
+                    } else {
+                        Err("duplicate app id; the first one is kept".into())
+                    }
+                });
             if let Err(reason) = app_check {
-                catalog
-                    .problems
-                    .push(app_problem("id", app_id, reason, app_id));
+                catalog.problems.push(app_problem("id", app_id, reason, app_id));
                 catalog.apps.skipped += 1;
                 continue;
             }
@@ -338,17 +403,17 @@ pub fn validate(raw: &RawCatalog, policy: &CatalogPolicy) -> Catalog {
             let mut seen_queries = HashSet::new();
 
             for raw_query in &app.queries {
-                let query_id_hint = raw_query
-                    .get("id")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or(MISSING)
-                    .to_owned();
-                let result = serde_json::from_value::<QueryDoc>(raw_query.clone())
-                    .map_err(|e| ("document", String::new(), e.to_string()))
-                    .and_then(|q| {
-                        validate_query(&q, tenant_tz, policy, &mut seen_queries, &mut cadences)
-                            .map_err(|(field, reason)| (field, field_value(&q, field), reason))
-                    });
+                let query_id_hint = match raw_query {
+                    Lenient::Ok(q) => q.id.as_deref(),
+                    Lenient::Bad { id, .. } => id.as_deref(),
+                }
+                .unwrap_or(MISSING)
+                .to_owned();
+                let result = match raw_query {
+                    Lenient::Bad { error, .. } => Err(("document", String::new(), error.clone())),
+                    Lenient::Ok(q) => validate_query(q, tenant_tz, policy, &mut seen_queries, &mut cadences)
+                        .map_err(|(field, reason)| (field, field_value(q, field), reason)),
+                };
                 match result {
                     Ok(parts) => {
                         let key = ScheduleKey {
@@ -356,9 +421,7 @@ pub fn validate(raw: &RawCatalog, policy: &CatalogPolicy) -> Catalog {
                             app_id: app_key.clone(),
                             query_id: Arc::from(query_id_hint.as_str()),
                         };
-                        catalog
-                            .schedules
-                            .insert(key.clone(), Arc::new(parts.into_schedule(key)));
+                        catalog.schedules.insert(key.clone(), Arc::new(parts.into_schedule(key)));
                         catalog.queries.scheduled += 1;
                     }
                     Err((field, value, reason)) => {
@@ -382,13 +445,13 @@ pub fn validate(raw: &RawCatalog, policy: &CatalogPolicy) -> Catalog {
 
 /// A query's validated fields, before it is keyed.
 struct QueryParts {
-    expression: String,
+    expression: Arc<str>,
     timezone: Tz,
     cadence: Arc<Cadence>,
     spread: Duration,
-    engine: String,
-    sql: String,
-    destination: String,
+    engine: Arc<str>,
+    sql: Arc<str>,
+    destination: Arc<str>,
     timeout: Duration,
     max_attempts: u32,
     overlap: Overlap,
@@ -403,9 +466,9 @@ impl QueryParts {
             timezone: self.timezone,
             cadence: self.cadence,
             spread: self.spread,
-            engine: Arc::from(self.engine),
-            sql: Arc::from(self.sql),
-            destination: Arc::from(self.destination),
+            engine: self.engine,
+            sql: self.sql,
+            destination: self.destination,
             timeout: self.timeout,
             max_attempts: self.max_attempts,
             overlap: self.overlap,
@@ -417,16 +480,16 @@ impl QueryParts {
 fn field_value(q: &QueryDoc, field: &str) -> String {
     let v = match field {
         "id" => q.id.clone(),
-        "schedule" => q.schedule.clone(),
-        "timezone" => q.timezone.clone(),
-        "spread" => q.spread.clone(),
-        "engine" => q.engine.clone(),
-        "sql" => q.sql.clone(),
-        "destination" => q.destination.clone(),
-        "timeout" => q.timeout.clone(),
+        "schedule" => q.schedule.as_deref().map(str::to_owned),
+        "timezone" => q.timezone.as_deref().map(str::to_owned),
+        "spread" => q.spread.as_deref().map(str::to_owned),
+        "engine" => q.engine.as_deref().map(str::to_owned),
+        "sql" => q.sql.as_deref().map(str::to_owned),
+        "destination" => q.destination.as_deref().map(str::to_owned),
+        "timeout" => q.timeout.as_deref().map(str::to_owned),
         "max_attempts" => q.max_attempts.map(|n| n.to_string()),
-        "overlap" => q.overlap.clone(),
-        "estimated_duration" => q.estimated_duration.clone(),
+        "overlap" => q.overlap.as_deref().map(str::to_owned),
+        "estimated_duration" => q.estimated_duration.as_deref().map(str::to_owned),
         _ => None,
     };
     v.unwrap_or_default()
@@ -442,28 +505,18 @@ fn validate_query(
     let id = q.id.as_deref().ok_or(("id", "missing".to_owned()))?;
     check_query_id(id).map_err(|r| ("id", r))?;
     if !seen.insert(id.to_owned()) {
-        return Err((
-            "id",
-            "duplicate query id in this app; the first one is kept".into(),
-        ));
+        return Err(("id", "duplicate query id in this app; the first one is kept".into()));
     }
     let timezone = match q.timezone.as_deref() {
         None => tenant_tz,
-        Some(name) => name
-            .parse::<Tz>()
-            .map_err(|_| ("timezone", "unknown IANA time zone".to_owned()))?,
+        Some(name) => name.parse::<Tz>().map_err(|_| ("timezone", "unknown IANA time zone".to_owned()))?,
     };
-    let expression = q
-        .schedule
-        .as_deref()
-        .ok_or(("schedule", "missing".to_owned()))?
-        .trim()
-        .to_owned();
-    let cadence = match cadences.get(&(expression.clone(), timezone)) {
+    let expression = q.schedule.as_deref().ok_or(("schedule", "missing".to_owned()))?.trim();
+    let cadence = match cadences.get(&(expression.to_owned(), timezone)) {
         Some(c) => c.clone(),
         None => {
-            let c = Arc::new(Cadence::parse(&expression, timezone).map_err(|r| ("schedule", r))?);
-            cadences.insert((expression.clone(), timezone), c.clone());
+            let c = Arc::new(Cadence::parse(expression, timezone).map_err(|r| ("schedule", r))?);
+            cadences.insert((expression.to_owned(), timezone), c.clone());
             c
         }
     };
@@ -474,22 +527,13 @@ fn validate_query(
     if spread > policy.max_spread {
         return Err((
             "spread",
-            format!(
-                "longer than the allowed maximum {}",
-                humantime::format_duration(policy.max_spread)
-            ),
+            format!("longer than the allowed maximum {}", humantime::format_duration(policy.max_spread)),
         ));
     }
-    let engine = q
-        .engine
-        .as_deref()
-        .ok_or(("engine", "missing".to_owned()))?;
+    let engine = q.engine.as_deref().ok_or(("engine", "missing".to_owned()))?;
     if !policy.known_engines.contains(engine) {
         let known: Vec<&str> = policy.known_engines.iter().map(String::as_str).collect();
-        return Err((
-            "engine",
-            format!("unknown engine; configured engines: {}", known.join(", ")),
-        ));
+        return Err(("engine", format!("unknown engine; configured engines: {}", known.join(", "))));
     }
     let sql = q.sql.as_deref().ok_or(("sql", "missing".to_owned()))?;
     if sql.trim().is_empty() {
@@ -498,17 +542,10 @@ fn validate_query(
     if sql.len() > policy.max_sql_bytes {
         return Err((
             "sql",
-            format!(
-                "{} bytes, over the limit of {} bytes (catalog.max_sql_bytes)",
-                sql.len(),
-                policy.max_sql_bytes
-            ),
+            format!("{} bytes, over the limit of {} bytes (catalog.max_sql_bytes)", sql.len(), policy.max_sql_bytes),
         ));
     }
-    let destination = q
-        .destination
-        .as_deref()
-        .ok_or(("destination", "missing".to_owned()))?;
+    let destination = q.destination.as_deref().ok_or(("destination", "missing".to_owned()))?;
     check_destination(destination).map_err(|r| ("destination", r))?;
     let timeout = match q.timeout.as_deref() {
         None => policy.default_timeout,
@@ -517,10 +554,7 @@ fn validate_query(
     if timeout.is_zero() || timeout > policy.max_timeout {
         return Err((
             "timeout",
-            format!(
-                "must be above 0 and at most {}",
-                humantime::format_duration(policy.max_timeout)
-            ),
+            format!("must be above 0 and at most {}", humantime::format_duration(policy.max_timeout)),
         ));
     }
     let max_attempts = match q.max_attempts {
@@ -533,19 +567,19 @@ fn validate_query(
         Some("allow") => Overlap::Allow,
         Some(_) => return Err(("overlap", "must be skip or allow".into())),
     };
-    let estimated_duration = q
-        .estimated_duration
-        .as_deref()
-        .map(|s| parse_duration("estimated_duration", s))
-        .transpose()?;
+    let estimated_duration =
+        q.estimated_duration.as_deref().map(|s| parse_duration("estimated_duration", s)).transpose()?;
     Ok(QueryParts {
-        expression,
+        expression: match &q.schedule {
+            Some(text) if text.len() == expression.len() => text.clone(),
+            _ => Arc::from(expression),
+        },
         timezone,
         cadence,
         spread,
-        engine: engine.to_owned(),
-        sql: sql.to_owned(),
-        destination: destination.to_owned(),
+        engine: q.engine.clone().unwrap_or_else(|| Arc::from(engine)),
+        sql: q.sql.clone().unwrap_or_else(|| Arc::from(sql)),
+        destination: q.destination.clone().unwrap_or_else(|| Arc::from(destination)),
         timeout,
         max_attempts,
         overlap,
@@ -564,10 +598,10 @@ mod tests {
 
     fn one_tenant(queries: Vec<serde_json::Value>) -> RawCatalog {
         RawCatalog {
-            tenants: vec![RawTenant {
-                doc: json!({"id": "acme", "status": "active", "timezone": "America/Sao_Paulo"}),
-                apps: vec![json!({"id": "sales", "enabled": true, "queries": queries})],
-            }],
+            tenants: vec![RawTenant::json(
+                json!({"id": "acme", "status": "active", "timezone": "America/Sao_Paulo"}),
+                vec![json!({"id": "sales", "enabled": true, "queries": queries})],
+            )],
         }
     }
 
@@ -583,10 +617,7 @@ mod tests {
         let s = c.schedules.values().next().expect("one schedule");
         assert_eq!(s.key.to_string(), "acme/sales/q1");
         assert_eq!(s.timezone, chrono_tz::America::Sao_Paulo);
-        assert_eq!(
-            (s.timeout, s.max_attempts, s.overlap),
-            (Duration::from_secs(300), 3, Overlap::Skip)
-        );
+        assert_eq!((s.timeout, s.max_attempts, s.overlap), (Duration::from_secs(300), 3, Overlap::Skip));
     }
 
     #[test]
@@ -604,16 +635,9 @@ mod tests {
         for (id, field, value) in cases.drain(..) {
             let mut bad = query(id);
             bad[field] = value;
-            let c = validate(
-                &one_tenant(vec![query("good"), bad]),
-                &CatalogPolicy::for_tests(),
-            );
+            let c = validate(&one_tenant(vec![query("good"), bad]), &CatalogPolicy::for_tests());
             let p = only_problem(&c);
-            assert_eq!(
-                (p.kind, p.field, p.query_id.as_deref()),
-                (ItemKind::Query, field, Some(id)),
-                "{p:?}"
-            );
+            assert_eq!((p.kind, p.field, p.query_id.as_deref()), (ItemKind::Query, field, Some(id)), "{p:?}");
             assert_eq!(c.schedules.len(), 1, "{id}: the valid query must stay");
             assert!(p.value.len() < 200, "values are shortened for logs");
         }
@@ -623,10 +647,7 @@ mod tests {
     fn a_duplicate_query_id_keeps_the_first() {
         let mut second = query("q1");
         second["sql"] = json!("SELECT 2");
-        let c = validate(
-            &one_tenant(vec![query("q1"), second]),
-            &CatalogPolicy::for_tests(),
-        );
+        let c = validate(&one_tenant(vec![query("q1"), second]), &CatalogPolicy::for_tests());
         assert_eq!(only_problem(&c).field, "id");
         assert_eq!(&*c.schedules.values().next().expect("kept").sql, "SELECT 1");
     }
@@ -635,20 +656,10 @@ mod tests {
     fn a_wrongly_typed_field_skips_only_that_query() {
         let mut bad = query("typed");
         bad["max_attempts"] = json!("three");
-        let c = validate(
-            &one_tenant(vec![bad, query("ok")]),
-            &CatalogPolicy::for_tests(),
-        );
+        let c = validate(&one_tenant(vec![bad, query("ok")]), &CatalogPolicy::for_tests());
         let p = only_problem(&c);
-        assert_eq!(
-            (p.field, p.query_id.as_deref()),
-            ("document", Some("typed"))
-        );
-        assert!(
-            p.reason.contains("max_attempts") || p.reason.contains("invalid type"),
-            "{}",
-            p.reason
-        );
+        assert_eq!((p.field, p.query_id.as_deref()), ("document", Some("typed")));
+        assert!(p.reason.contains("max_attempts") || p.reason.contains("invalid type"), "{}", p.reason);
         assert_eq!(c.schedules.len(), 1);
     }
 
@@ -656,14 +667,14 @@ mod tests {
     fn inactive_tenants_and_disabled_apps_are_not_scheduled_and_not_errors() {
         let raw = RawCatalog {
             tenants: vec![
-                RawTenant {
-                    doc: json!({"id": "gone", "status": "deleted"}),
-                    apps: vec![json!({"id": "a", "queries": [query("q")]})],
-                },
-                RawTenant {
-                    doc: json!({"id": "on", "status": "active"}),
-                    apps: vec![json!({"id": "off", "enabled": false, "queries": [query("q")]})],
-                },
+                RawTenant::json(
+                    json!({"id": "gone", "status": "deleted"}),
+                    vec![json!({"id": "a", "queries": [query("q")]})],
+                ),
+                RawTenant::json(
+                    json!({"id": "on", "status": "active"}),
+                    vec![json!({"id": "off", "enabled": false, "queries": [query("q")]})],
+                ),
             ],
         };
         let c = validate(&raw, &CatalogPolicy::for_tests());
@@ -675,36 +686,20 @@ mod tests {
     fn a_tenant_with_an_unknown_zone_or_status_is_skipped() {
         let raw = RawCatalog {
             tenants: vec![
-                RawTenant {
-                    doc: json!({"id": "a", "status": "active", "timezone": "Nowhere/Land"}),
-                    apps: vec![],
-                },
-                RawTenant {
-                    doc: json!({"id": "b", "status": "paused"}),
-                    apps: vec![],
-                },
-                RawTenant {
-                    doc: json!({"id": "c", "status": "active"}),
-                    apps: vec![],
-                },
+                RawTenant::json(json!({"id": "a", "status": "active", "timezone": "Nowhere/Land"}), vec![]),
+                RawTenant::json(json!({"id": "b", "status": "paused"}), vec![]),
+                RawTenant::json(json!({"id": "c", "status": "active"}), vec![]),
             ],
         };
         let c = validate(&raw, &CatalogPolicy::for_tests());
-        let fields: Vec<_> = c
-            .problems
-            .iter()
-            .map(|p| (p.tenant_id.as_str(), p.field))
-            .collect();
+        let fields: Vec<_> = c.problems.iter().map(|p| (p.tenant_id.as_str(), p.field)).collect();
         assert_eq!(fields, vec![("a", "timezone"), ("b", "status")]);
         assert_eq!(c.tenants.scheduled, 1);
     }
 
     #[test]
     fn identical_expressions_share_one_parsed_cadence() {
-        let c = validate(
-            &one_tenant(vec![query("a"), query("b")]),
-            &CatalogPolicy::for_tests(),
-        );
+        let c = validate(&one_tenant(vec![query("a"), query("b")]), &CatalogPolicy::for_tests());
         let v: Vec<_> = c.schedules.values().collect();
         assert!(Arc::ptr_eq(&v[0].cadence, &v[1].cadence));
     }

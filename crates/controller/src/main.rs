@@ -92,10 +92,30 @@ enum Bench {
         #[arg(long, default_value_t = 100_000)]
         fires_per_minute: usize,
     },
+    /// A full catalog sync (read, validate, diff) of a generated catalog, with the RSS.
+    Sync {
+        #[arg(long, default_value_t = 1_000_000)]
+        schedules: usize,
+        /// Approximate size of each SQL text.
+        #[arg(long, default_value_t = 300)]
+        sql_bytes: usize,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Bench(Bench::Sync { schedules, sql_bytes })) = cli.command {
+        let result = tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(controller::bench::run_sync_bench(schedules, sql_bytes)));
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Command::Bench(Bench::Timer {
         schedules,
         duration,
@@ -175,15 +195,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(
-    settings: Settings,
-    env: std::collections::HashMap<String, String>,
-) -> anyhow::Result<()> {
+async fn run(settings: Settings, env: std::collections::HashMap<String, String>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     service_kit::supervisor::cancel_on_signals(shutdown.clone());
-    let app = controller::Application::build(settings, &env)
-        .await
-        .context("cannot start the controller")?;
+    let app = controller::Application::build(settings, &env).await.context("cannot start the controller")?;
     app.run_until_stopped(shutdown).await
 }
 
@@ -195,18 +210,13 @@ fn run_plan(
     use controller::placement::Strategy;
     use controller::plan;
     if let Some(kind) = &args.generate {
-        anyhow::ensure!(
-            kind == "reference",
-            "--generate {kind:?}: the only generator is `reference`"
-        );
+        anyhow::ensure!(kind == "reference", "--generate {kind:?}: the only generator is `reference`");
         println!("{}", plan::reference_catalog(args.schedules, args.seed));
         return Ok(());
     }
     let settings: Settings = service_kit::settings::load(config, env)?;
     let mut policy = settings.catalog.policy();
-    policy.max_spread = policy
-        .max_spread
-        .max(std::time::Duration::from_secs(24 * 3600));
+    policy.max_spread = policy.max_spread.max(std::time::Duration::from_secs(24 * 3600));
     let strategies: Vec<Strategy> = match args.strategy.as_str() {
         "all" => Strategy::ALL.to_vec(),
         "none" => vec![Strategy::None],
@@ -220,11 +230,7 @@ fn run_plan(
         args.format
     );
     let start = args.start.unwrap_or_else(|| {
-        let today = chrono::Utc::now()
-            .date_naive()
-            .and_hms_opt(0, 0, 0)
-            .unwrap_or_default()
-            .and_utc();
+        let today = chrono::Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
         today + chrono::Duration::days(1)
     });
     let progress = |what: &str| eprintln!("plan: {what}");
@@ -233,23 +239,11 @@ fn run_plan(
         let raw = controller::platform::read_catalog_file(path)?;
         let catalog = controller::catalog::validate(&raw, &policy);
         if !catalog.problems.is_empty() {
-            eprintln!(
-                "plan: {} invalid items skipped (first: {:?})",
-                catalog.problems.len(),
-                catalog.problems[0]
-            );
+            eprintln!("plan: {} invalid items skipped (first: {:?})", catalog.problems.len(), catalog.problems[0]);
         }
-        Ok(plan::items(
-            &catalog.schedules,
-            start,
-            args.horizon,
-            args.default_duration,
-        ))
+        Ok(plan::items(&catalog.schedules, start, args.horizon, args.default_duration))
     };
-    let catalog = args
-        .catalog
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("--catalog is required"))?;
+    let catalog = args.catalog.as_deref().ok_or_else(|| anyhow::anyhow!("--catalog is required"))?;
     let items = load(catalog)?;
     let started = std::time::Instant::now();
     let mut result = plan::plan(&items, &strategies, args.horizon, progress);

@@ -66,9 +66,7 @@ impl Metrics {
             publish_failures: Counter::default(),
             runs_unpublished_at_shutdown: Counter::default(),
             publish_queue: Gauge::default(),
-            fire_lateness: Histogram::new([
-                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0,
-            ]),
+            fire_lateness: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0]),
         };
         let r = registry.sub_registry_with_prefix("controller");
         r.register(
@@ -76,51 +74,19 @@ impl Metrics {
             "Catalog items of the last successful sync by kind and outcome",
             m.catalog_items.clone(),
         );
-        r.register(
-            "catalog_problems",
-            "Invalid catalog items skipped, by kind and field",
-            m.catalog_problems.clone(),
-        );
-        r.register(
-            "catalog_syncs",
-            "Catalog syncs by outcome",
-            m.catalog_syncs.clone(),
-        );
-        r.register(
-            "schedules",
-            "Schedules held by the timer",
-            m.schedules.clone(),
-        );
-        r.register(
-            "runs_due",
-            "Runs handed over by the timer",
-            m.runs_due.clone(),
-        );
-        r.register(
-            "runs_published",
-            "Job messages confirmed published",
-            m.runs_published.clone(),
-        );
-        r.register(
-            "publish_failures",
-            "Failed publish attempts (each is retried)",
-            m.publish_failures.clone(),
-        );
+        r.register("catalog_problems", "Invalid catalog items skipped, by kind and field", m.catalog_problems.clone());
+        r.register("catalog_syncs", "Catalog syncs by outcome", m.catalog_syncs.clone());
+        r.register("schedules", "Schedules held by the timer", m.schedules.clone());
+        r.register("runs_due", "Runs handed over by the timer", m.runs_due.clone());
+        r.register("runs_published", "Job messages confirmed published", m.runs_published.clone());
+        r.register("publish_failures", "Failed publish attempts (each is retried)", m.publish_failures.clone());
         r.register(
             "runs_unpublished_at_shutdown",
             "Due runs not published because the controller stopped",
             m.runs_unpublished_at_shutdown.clone(),
         );
-        r.register(
-            "publish_queue",
-            "Due runs waiting to be published",
-            m.publish_queue.clone(),
-        );
-        r.register(
-            "due_runs",
-            "Runs placed in the next minutes (window 1m, 5m, 15m)",
-            m.due_runs.clone(),
-        );
+        r.register("publish_queue", "Due runs waiting to be published", m.publish_queue.clone());
+        r.register("due_runs", "Runs placed in the next minutes (window 1m, 5m, 15m)", m.due_runs.clone());
         r.register(
             "due_work_seconds",
             "Expected work-seconds of the runs placed in the next minutes (window 1m, 5m, 15m)",

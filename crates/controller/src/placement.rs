@@ -33,12 +33,7 @@ impl Strategy {
 
 /// The offset of a run of `key`. The window is the schedule's spread, capped by the
 /// interval since its previous run so that runs of one schedule never swap order.
-pub fn offset(
-    strategy: Strategy,
-    key: &ScheduleKey,
-    spread: Duration,
-    interval: Duration,
-) -> Duration {
+pub fn offset(strategy: Strategy, key: &ScheduleKey, spread: Duration, interval: Duration) -> Duration {
     let window = spread.min(interval).as_millis() as u64;
     match strategy {
         Strategy::None => Duration::ZERO,
@@ -87,16 +82,14 @@ pub struct LoadAware {
     pub margin: f64,
     /// Improvement passes over the movable schedules.
     pub passes: u32,
+    /// With prior offsets, also compute a fresh placement and adopt it when it lowers the
+    /// peak by more than `margin` (costs a full placement).
+    pub rebalance: bool,
 }
 
 impl Default for LoadAware {
     fn default() -> Self {
-        LoadAware {
-            bin: Duration::from_secs(10),
-            candidates: 60,
-            margin: 0.05,
-            passes: 3,
-        }
+        LoadAware { bin: Duration::from_secs(10), candidates: 60, margin: 0.05, passes: 3, rebalance: true }
     }
 }
 
@@ -120,10 +113,7 @@ impl Profile {
     fn new(horizon: Duration, bin: Duration, tail: Duration) -> Self {
         let bin_s = bin.as_secs_f64().max(1.0);
         let n = ((horizon + tail).as_secs_f64() / bin_s).ceil() as usize + 1;
-        Profile {
-            bin_s,
-            bins: vec![0.0; n],
-        }
+        Profile { bin_s, bins: vec![0.0; n] }
     }
 
     /// Bins covered by a run starting at `start_s` lasting `dur_s`, with the covered share.
@@ -177,22 +167,17 @@ impl LoadAware {
         prior: Option<&std::collections::HashMap<ScheduleKey, Duration>>,
         horizon: Duration,
     ) -> Placement {
-        let tail = items
-            .iter()
-            .map(|i| i.window + i.duration)
-            .max()
-            .unwrap_or_default();
-        let fresh = self.greedy(items, None, horizon, tail);
-        let Some(prior) = prior else { return fresh };
+        let tail = items.iter().map(|i| i.window + i.duration).max().unwrap_or_default();
+        let Some(prior) = prior else { return self.greedy(items, None, horizon, tail) };
         let kept = self.greedy(items, Some(prior), horizon, tail);
+        if !self.rebalance {
+            return kept;
+        }
+        let fresh = self.greedy(items, None, horizon, tail);
         if fresh.peak < kept.peak * (1.0 - self.margin) {
             let moved = items
                 .iter()
-                .filter(|i| {
-                    prior
-                        .get(&i.key)
-                        .is_some_and(|o| fresh.offsets.get(&i.key) != Some(o))
-                })
+                .filter(|i| prior.get(&i.key).is_some_and(|o| fresh.offsets.get(&i.key) != Some(o)))
                 .count();
             Placement { moved, ..fresh }
         } else {
@@ -227,19 +212,13 @@ impl LoadAware {
                 movable.push(i);
             }
         }
-        let hash_peak = if prior.is_none() {
-            Some(profile.peak())
-        } else {
-            None
-        };
+        let hash_peak = if prior.is_none() { Some(profile.peak()) } else { None };
         // Heaviest first: total expected work, then the longest run, then the identity.
         movable.sort_by(|&a, &b| {
             let (a, b) = (&items[a], &items[b]);
             let wa = a.duration.as_secs_f64() * a.nominal_s.len() as f64;
             let wb = b.duration.as_secs_f64() * b.nominal_s.len() as f64;
-            wb.total_cmp(&wa)
-                .then(b.duration.cmp(&a.duration))
-                .then(a.key.cmp(&b.key))
+            wb.total_cmp(&wa).then(b.duration.cmp(&a.duration)).then(a.key.cmp(&b.key))
         });
         for _pass in 0..self.passes {
             let mut changed = 0usize;
@@ -252,9 +231,8 @@ impl LoadAware {
                 profile.add(item, current[i], -1.0);
                 let n = u64::from(self.candidates.max(1)).min(window.div_ceil(1000).max(1));
                 let phase = identity_hash(&item.key) % window;
-                let candidates = std::iter::once(current[i]).chain(
-                    (0..n).map(|k| Duration::from_millis((phase + k * window / n) % window)),
-                );
+                let candidates = std::iter::once(current[i])
+                    .chain((0..n).map(|k| Duration::from_millis((phase + k * window / n) % window)));
                 let best = candidates
                     .map(|o| (profile.cost(item, o), o))
                     .min_by(|(a, _), (b, _)| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)))
@@ -271,26 +249,11 @@ impl LoadAware {
         }
         let peak = profile.peak();
         if let Some(hash_peak) = hash_peak.filter(|h| *h < peak) {
-            let offsets = items
-                .iter()
-                .map(|i| (i.key.clone(), hash_offset(i)))
-                .collect();
-            return Placement {
-                offsets,
-                moved: 0,
-                peak: hash_peak,
-            };
+            let offsets = items.iter().map(|i| (i.key.clone(), hash_offset(i))).collect();
+            return Placement { offsets, moved: 0, peak: hash_peak };
         }
-        let offsets = items
-            .iter()
-            .zip(current)
-            .map(|(i, o)| (i.key.clone(), o))
-            .collect();
-        Placement {
-            offsets,
-            moved: 0,
-            peak,
-        }
+        let offsets = items.iter().zip(current).map(|(i, o)| (i.key.clone(), o)).collect();
+        Placement { offsets, moved: 0, peak }
     }
 }
 
@@ -300,11 +263,7 @@ mod tests {
     use std::sync::Arc;
 
     fn key(q: &str) -> ScheduleKey {
-        ScheduleKey {
-            tenant_id: Arc::from("t"),
-            app_id: Arc::from("a"),
-            query_id: Arc::from(q),
-        }
+        ScheduleKey { tenant_id: Arc::from("t"), app_id: Arc::from("a"), query_id: Arc::from(q) }
     }
 
     #[test]
@@ -323,48 +282,17 @@ mod tests {
         let spread = Duration::from_secs(600);
         let mut buckets = [0u32; 10];
         for i in 0..1000 {
-            let o = offset(
-                Strategy::Hash,
-                &key(&format!("q{i}")),
-                spread,
-                Duration::from_secs(3600),
-            );
+            let o = offset(Strategy::Hash, &key(&format!("q{i}")), spread, Duration::from_secs(3600));
             buckets[(o.as_secs() / 60) as usize] += 1;
         }
-        assert!(
-            buckets.iter().all(|&n| (50..=150).contains(&n)),
-            "{buckets:?}"
-        );
+        assert!(buckets.iter().all(|&n| (50..=150).contains(&n)), "{buckets:?}");
     }
 
     #[test]
     fn the_window_never_exceeds_the_interval_and_none_means_zero() {
         let k = key("q");
-        assert!(
-            offset(
-                Strategy::Hash,
-                &k,
-                Duration::from_secs(600),
-                Duration::from_secs(5)
-            ) < Duration::from_secs(5)
-        );
-        assert_eq!(
-            offset(
-                Strategy::None,
-                &k,
-                Duration::from_secs(600),
-                Duration::from_secs(3600)
-            ),
-            Duration::ZERO
-        );
-        assert_eq!(
-            offset(
-                Strategy::Hash,
-                &k,
-                Duration::ZERO,
-                Duration::from_secs(3600)
-            ),
-            Duration::ZERO
-        );
+        assert!(offset(Strategy::Hash, &k, Duration::from_secs(600), Duration::from_secs(5)) < Duration::from_secs(5));
+        assert_eq!(offset(Strategy::None, &k, Duration::from_secs(600), Duration::from_secs(3600)), Duration::ZERO);
+        assert_eq!(offset(Strategy::Hash, &k, Duration::ZERO, Duration::from_secs(3600)), Duration::ZERO);
     }
 }

@@ -28,28 +28,19 @@ pub fn items(
     schedules
         .values()
         .map(|s| {
-            let (nominal_s, min_interval) = calendars
-                .entry(Arc::as_ptr(&s.cadence))
-                .or_insert_with(|| calendar(&s.cadence, start, end))
-                .clone();
+            let (nominal_s, min_interval) =
+                calendars.entry(Arc::as_ptr(&s.cadence)).or_insert_with(|| calendar(&s.cadence, start, end)).clone();
             Item {
                 key: s.key.clone(),
                 nominal_s,
                 window: s.spread.min(min_interval),
-                duration: s
-                    .estimated_duration
-                    .unwrap_or(default_duration)
-                    .max(Duration::from_secs(1)),
+                duration: s.estimated_duration.unwrap_or(default_duration).max(Duration::from_secs(1)),
             }
         })
         .collect()
 }
 
-fn calendar(
-    cadence: &Cadence,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-) -> (Arc<Vec<u32>>, Duration) {
+fn calendar(cadence: &Cadence, start: DateTime<Utc>, end: DateTime<Utc>) -> (Arc<Vec<u32>>, Duration) {
     let mut times = Vec::new();
     let mut min_interval = Duration::MAX;
     let mut prev = cadence.prev_before(start);
@@ -69,22 +60,10 @@ fn calendar(
 }
 
 /// The offsets a strategy gives every item.
-pub fn offsets(
-    strategy: Strategy,
-    items: &[Item],
-    horizon: Duration,
-) -> HashMap<ScheduleKey, Duration> {
+pub fn offsets(strategy: Strategy, items: &[Item], horizon: Duration) -> HashMap<ScheduleKey, Duration> {
     match strategy {
         Strategy::LoadAware => LoadAware::default().place(items, None, horizon).offsets,
-        _ => items
-            .iter()
-            .map(|i| {
-                (
-                    i.key.clone(),
-                    placement::offset(strategy, &i.key, i.window, i.window),
-                )
-            })
-            .collect(),
+        _ => items.iter().map(|i| (i.key.clone(), placement::offset(strategy, &i.key, i.window, i.window))).collect(),
     }
 }
 
@@ -104,22 +83,13 @@ pub struct Forecast {
 }
 
 /// Concurrency and starts, second by second.
-pub fn forecast(
-    items: &[Item],
-    offsets: &HashMap<ScheduleKey, Duration>,
-    horizon: Duration,
-    bound: f64,
-) -> Forecast {
+pub fn forecast(items: &[Item], offsets: &HashMap<ScheduleKey, Duration>, horizon: Duration, bound: f64) -> Forecast {
     let h = horizon.as_secs() as usize;
     let mut delta = vec![0i64; h + 1];
     let mut starts = vec![0u64; h];
     let mut work = 0.0;
     for item in items {
-        let o = offsets
-            .get(&item.key)
-            .copied()
-            .unwrap_or_default()
-            .as_secs() as usize;
+        let o = offsets.get(&item.key).copied().unwrap_or_default().as_secs() as usize;
         let d = item.duration.as_secs().max(1) as usize;
         for &n in item.nominal_s.iter() {
             let s = n as usize + o;
@@ -143,15 +113,8 @@ pub fn forecast(
     let mean = work / h.max(1) as f64;
     let mut sorted = concurrency.clone();
     sorted.sort_unstable_by(f64::total_cmp);
-    let p99 = sorted
-        .get(((sorted.len().max(1) - 1) as f64 * 0.99) as usize)
-        .copied()
-        .unwrap_or(0.0);
-    let max_starts_per_minute = starts
-        .chunks(60)
-        .map(|c| c.iter().sum::<u64>())
-        .max()
-        .unwrap_or(0);
+    let p99 = sorted.get(((sorted.len().max(1) - 1) as f64 * 0.99) as usize).copied().unwrap_or(0.0);
+    let max_starts_per_minute = starts.chunks(60).map(|c| c.iter().sum::<u64>()).max().unwrap_or(0);
     Forecast {
         peak,
         mean,
@@ -160,10 +123,7 @@ pub fn forecast(
         peak_to_bound: if bound > 0.0 { peak / bound } else { 0.0 },
         max_starts_per_second: starts.iter().copied().max().unwrap_or(0),
         max_starts_per_minute,
-        per_minute_peak: concurrency
-            .chunks(60)
-            .map(|c| c.iter().copied().fold(0.0, f64::max))
-            .collect(),
+        per_minute_peak: concurrency.chunks(60).map(|c| c.iter().copied().fold(0.0, f64::max)).collect(),
     }
 }
 
@@ -184,10 +144,8 @@ pub fn lower_bound(items: &[Item], horizon: Duration) -> f64 {
             *groups.entry((n, w, d)).or_default() += 1.0;
         }
     }
-    let mean_work: f64 = groups
-        .iter()
-        .map(|(&(n, _, d), c)| c * (i64::from(d).min(h - i64::from(n))).max(0) as f64)
-        .sum();
+    let mean_work: f64 =
+        groups.iter().map(|(&(n, _, d), c)| c * (i64::from(d).min(h - i64::from(n))).max(0) as f64).sum();
     let mut best = mean_work / h.max(1) as f64;
     for len_min in BOUND_LENGTHS_MIN {
         let len = (len_min * 60) as i64;
@@ -216,8 +174,7 @@ pub fn lower_bound(items: &[Item], horizon: Duration) -> f64 {
 
 /// Interval lengths (minutes) the lower bound examines.
 pub const BOUND_LENGTHS_MIN: [usize; 30] = [
-    1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 31, 32, 33, 34, 35, 37, 40, 42, 45, 50, 55, 60,
-    75, 90, 120, 180, 240,
+    1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 31, 32, 33, 34, 35, 37, 40, 42, 45, 50, 55, 60, 75, 90, 120, 180, 240,
 ];
 
 /// The whole forecast, as `--format json` prints it.
@@ -242,12 +199,7 @@ pub struct Stability {
 }
 
 /// Forecasts every strategy in `strategies` for `items`.
-pub fn plan(
-    items: &[Item],
-    strategies: &[Strategy],
-    horizon: Duration,
-    progress: impl Fn(&str),
-) -> Plan {
+pub fn plan(items: &[Item], strategies: &[Strategy], horizon: Duration, progress: impl Fn(&str)) -> Plan {
     progress("computing the lower bound");
     let bound = lower_bound(items, horizon);
     let mut out = BTreeMap::new();
@@ -271,21 +223,10 @@ pub fn stability(before: &[Item], after: &[Item], horizon: Duration) -> Stabilit
     let placer = LoadAware::default();
     let first = placer.place(before, None, horizon);
     let second = placer.place(after, Some(&first.offsets), horizon);
-    let common: Vec<&ScheduleKey> = after
-        .iter()
-        .map(|i| &i.key)
-        .filter(|k| first.offsets.contains_key(*k))
-        .collect();
-    let moved = common
-        .iter()
-        .filter(|k| first.offsets.get(**k) != second.offsets.get(**k))
-        .count();
+    let common: Vec<&ScheduleKey> = after.iter().map(|i| &i.key).filter(|k| first.offsets.contains_key(*k)).collect();
+    let moved = common.iter().filter(|k| first.offsets.get(**k) != second.offsets.get(**k)).count();
     Stability {
-        moved_share: if common.is_empty() {
-            0.0
-        } else {
-            moved as f64 / common.len() as f64
-        },
+        moved_share: if common.is_empty() { 0.0 } else { moved as f64 / common.len() as f64 },
         moved,
         kept: common.len() - moved,
         added: after.len() - common.len(),
@@ -305,13 +246,7 @@ pub fn text(plan: &Plan) -> String {
     for (name, f) in &plan.strategies {
         out.push_str(&format!(
             "{name:<11} {:>6.1} {:>8.1} {:>8.1} {:>10.2} {:>11.2} {:>13} {:>15}\n",
-            f.peak,
-            f.mean,
-            f.p99,
-            f.peak_to_mean,
-            f.peak_to_bound,
-            f.max_starts_per_second,
-            f.max_starts_per_minute
+            f.peak, f.mean, f.p99, f.peak_to_mean, f.peak_to_bound, f.max_starts_per_second, f.max_starts_per_minute
         ));
     }
     if let Some(s) = &plan.stability {
@@ -352,13 +287,7 @@ pub fn svg(plan: &Plan) -> String {
             .per_minute_peak
             .iter()
             .enumerate()
-            .map(|(m, v)| {
-                format!(
-                    "{:.1},{:.1}",
-                    pad + m as f64 / (n - 1.0) * (w - 2.0 * pad),
-                    y(*v)
-                )
-            })
+            .map(|(m, v)| format!("{:.1},{:.1}", pad + m as f64 / (n - 1.0) * (w - 2.0 * pad), y(*v)))
             .collect();
         let color = colors[i % colors.len()];
         out.push_str(&format!(
@@ -383,23 +312,13 @@ pub fn svg(plan: &Plan) -> String {
 pub fn reference_catalog(n: usize, seed: u64) -> serde_json::Value {
     use serde_json::json;
     let mut rng = fastrand::Rng::with_seed(seed);
-    let zones = [
-        "UTC",
-        "America/New_York",
-        "Europe/Berlin",
-        "Asia/Tokyo",
-        "America/Sao_Paulo",
-    ];
+    let zones = ["UTC", "America/New_York", "Europe/Berlin", "Asia/Tokyo", "America/Sao_Paulo"];
     let tenants_n = (n / 50).max(2);
     // Tenant 0 takes 10%; the rest follow a power law over the other tenants.
     let mut per_tenant: Vec<Vec<serde_json::Value>> = vec![Vec::new(); tenants_n];
     let sigma = (600.0f64 / 20.0).ln() / 2.326_347_9;
     for i in 0..n {
-        let tenant = if i % 10 == 0 {
-            0
-        } else {
-            1 + ((tenants_n - 1) as f64 * rng.f64().powi(3)) as usize
-        };
+        let tenant = if i % 10 == 0 { 0 } else { 1 + ((tenants_n - 1) as f64 * rng.f64().powi(3)) as usize };
         let kind = rng.f64();
         let (schedule, spread) = if kind < 0.7 {
             ("0 * * * *", "30m")
@@ -409,8 +328,7 @@ pub fn reference_catalog(n: usize, seed: u64) -> serde_json::Value {
             ("0 0 * * *", "2h")
         };
         // Box-Muller for a standard normal.
-        let z = (-2.0 * rng.f64().max(1e-12).ln()).sqrt()
-            * (2.0 * std::f64::consts::PI * rng.f64()).cos();
+        let z = (-2.0 * rng.f64().max(1e-12).ln()).sqrt() * (2.0 * std::f64::consts::PI * rng.f64()).cos();
         let secs = (20.0 * (sigma * z).exp()).clamp(1.0, 3600.0).round() as u64;
         per_tenant[tenant.min(tenants_n - 1)].push(json!({
             "id": format!("q{i}"),
@@ -452,18 +370,12 @@ mod tests {
         let mut policy = CatalogPolicy::for_tests();
         policy.max_spread = Duration::from_secs(4 * 3600);
         let c = validate(&read_catalog_file(&path).expect("read"), &policy);
-        assert!(
-            c.problems.is_empty(),
-            "{:?}",
-            &c.problems[..c.problems.len().min(3)]
-        );
+        assert!(c.problems.is_empty(), "{:?}", &c.problems[..c.problems.len().min(3)]);
         c.schedules
     }
 
     fn start() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-12-07T00:00:00Z")
-            .expect("t")
-            .with_timezone(&Utc)
+        DateTime::parse_from_rfc3339("2026-12-07T00:00:00Z").expect("t").with_timezone(&Utc)
     }
 
     #[test]
@@ -472,58 +384,29 @@ mod tests {
         let schedules = reference(2000, 7);
         let items = items(&schedules, start(), horizon, Duration::from_secs(30));
         let p = plan(&items, &Strategy::ALL, horizon, |_| {});
-        let (none, hash, la) = (
-            &p.strategies["none"],
-            &p.strategies["hash"],
-            &p.strategies["load-aware"],
-        );
+        let (none, hash, la) = (&p.strategies["none"], &p.strategies["hash"], &p.strategies["load-aware"]);
         for f in [none, hash, la] {
-            assert!(
-                f.peak + 1e-9 >= p.lower_bound,
-                "bound {} above a peak {}",
-                p.lower_bound,
-                f.peak
-            );
+            assert!(f.peak + 1e-9 >= p.lower_bound, "bound {} above a peak {}", p.lower_bound, f.peak);
             assert!(p.lower_bound + 1e-9 >= f.mean);
         }
-        assert!(
-            hash.peak < none.peak / 3.0,
-            "hash spreads: {} vs {}",
-            hash.peak,
-            none.peak
-        );
+        assert!(hash.peak < none.peak / 3.0, "hash spreads: {} vs {}", hash.peak, none.peak);
         assert!(
             hash.max_starts_per_second * 20 < none.max_starts_per_second,
             "hash spreads starts: {} vs {}",
             hash.max_starts_per_second,
             none.max_starts_per_second
         );
-        assert!(
-            la.peak <= hash.peak,
-            "load-aware never worse than hash: {} vs {}",
-            la.peak,
-            hash.peak
-        );
+        assert!(la.peak <= hash.peak, "load-aware never worse than hash: {} vs {}", la.peak, hash.peak);
         assert!(none.max_starts_per_second > la.max_starts_per_second);
     }
 
     #[test]
     fn windows_are_the_spread_capped_by_the_interval() {
         let horizon = Duration::from_secs(3 * 3600);
-        let items = items(
-            &reference(300, 5),
-            start(),
-            horizon,
-            Duration::from_secs(30),
-        );
+        let items = items(&reference(300, 5), start(), horizon, Duration::from_secs(30));
         for i in &items {
             assert!(
-                [
-                    Duration::from_secs(1800),
-                    Duration::from_secs(600),
-                    Duration::from_secs(7200)
-                ]
-                .contains(&i.window),
+                [Duration::from_secs(1800), Duration::from_secs(600), Duration::from_secs(7200)].contains(&i.window),
                 "{:?}",
                 i.window
             );
@@ -533,12 +416,7 @@ mod tests {
     #[test]
     fn placements_stay_inside_their_windows() {
         let horizon = Duration::from_secs(3 * 3600);
-        let items = items(
-            &reference(500, 3),
-            start(),
-            horizon,
-            Duration::from_secs(30),
-        );
+        let items = items(&reference(500, 3), start(), horizon, Duration::from_secs(30));
         for s in Strategy::ALL {
             let offsets = offsets(s, &items, horizon);
             for i in &items {
@@ -551,24 +429,10 @@ mod tests {
     #[test]
     fn adding_one_percent_moves_no_existing_placement() {
         let horizon = Duration::from_secs(6 * 3600);
-        let before = items(
-            &reference(1000, 11),
-            start(),
-            horizon,
-            Duration::from_secs(30),
-        );
+        let before = items(&reference(1000, 11), start(), horizon, Duration::from_secs(30));
         let mut after = before.clone();
-        let extra = items(
-            &reference(1010, 11),
-            start(),
-            horizon,
-            Duration::from_secs(30),
-        );
-        after.extend(
-            extra
-                .into_iter()
-                .filter(|i| !before.iter().any(|b| b.key == i.key)),
-        );
+        let extra = items(&reference(1010, 11), start(), horizon, Duration::from_secs(30));
+        after.extend(extra.into_iter().filter(|i| !before.iter().any(|b| b.key == i.key)));
         let s = stability(&before, &after, horizon);
         assert_eq!(s.added, 10);
         assert!(s.moved_share <= 0.02, "{s:?}");
@@ -577,26 +441,13 @@ mod tests {
     #[test]
     fn the_reference_catalog_has_the_documented_shape() {
         let schedules = reference(5000, 1);
-        let hourly = schedules
-            .values()
-            .filter(|s| s.expression == "0 * * * *")
-            .count();
-        let quarter = schedules
-            .values()
-            .filter(|s| s.expression == "*/15 * * * *")
-            .count();
+        let hourly = schedules.values().filter(|s| &*s.expression == "0 * * * *").count();
+        let quarter = schedules.values().filter(|s| &*s.expression == "*/15 * * * *").count();
         assert!((3300..3700).contains(&hourly), "{hourly}");
         assert!((800..1200).contains(&quarter), "{quarter}");
-        let biggest = schedules
-            .keys()
-            .filter(|k| &*k.tenant_id == "tenant-0")
-            .count();
+        let biggest = schedules.keys().filter(|k| &*k.tenant_id == "tenant-0").count();
         assert_eq!(biggest, 500, "one tenant holds 10%");
-        let mut d: Vec<u64> = schedules
-            .values()
-            .filter_map(|s| s.estimated_duration)
-            .map(|d| d.as_secs())
-            .collect();
+        let mut d: Vec<u64> = schedules.values().filter_map(|s| s.estimated_duration).map(|d| d.as_secs()).collect();
         d.sort_unstable();
         let median = d[d.len() / 2];
         assert!((15..=26).contains(&median), "median {median}");

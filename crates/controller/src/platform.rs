@@ -2,7 +2,7 @@
 //! bearer token, retries with backoff and jitter honouring `Retry-After`, 401/403 as a
 //! configuration error) or from a catalog file holding the same documents.
 
-use crate::catalog::{RawCatalog, RawTenant};
+use crate::catalog::{AppDoc, CatalogFile, Lenient, RawCatalog, RawTenant, TenantDoc};
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use reqwest::StatusCode;
@@ -13,28 +13,14 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlatformError {
-    #[error(
-        "the platform refused the token (HTTP {status} on {path}): check platform.token_env / platform.token_file"
-    )]
+    #[error("the platform refused the token (HTTP {status} on {path}): check platform.token_env / platform.token_file")]
     Unauthorized { status: u16, path: String },
     #[error("GET {path} failed after {attempts} attempts: {last}")]
-    Exhausted {
-        path: String,
-        attempts: u32,
-        last: String,
-    },
+    Exhausted { path: String, attempts: u32, last: String },
     #[error("GET {path} answered HTTP {status}: {body}")]
-    Status {
-        path: String,
-        status: u16,
-        body: String,
-    },
+    Status { path: String, status: u16, body: String },
     #[error("GET {path} returned a body that is not a {what} page: {reason}")]
-    Body {
-        path: String,
-        what: &'static str,
-        reason: String,
-    },
+    Body { path: String, what: &'static str, reason: String },
     #[error("cannot read the platform token: {0}")]
     Token(String),
     #[error("cannot read catalog file {path}: {reason}")]
@@ -68,9 +54,7 @@ impl TokenSource {
         match self {
             TokenSource::Env { var, value } => match value {
                 Some(v) if !v.is_empty() => Ok(v.clone()),
-                _ => Err(PlatformError::Token(format!(
-                    "environment variable {var} is not set or empty"
-                ))),
+                _ => Err(PlatformError::Token(format!("environment variable {var} is not set or empty"))),
             },
             TokenSource::File(path) => {
                 let text = std::fs::read_to_string(path)
@@ -88,14 +72,14 @@ impl TokenSource {
 #[derive(Deserialize)]
 struct TenantsPage {
     #[serde(default)]
-    tenants: Vec<serde_json::Value>,
+    tenants: Vec<Lenient<TenantDoc>>,
     next_page_token: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct AppsPage {
     #[serde(default)]
-    apps: Vec<serde_json::Value>,
+    apps: Vec<Lenient<AppDoc>>,
     next_page_token: Option<String>,
 }
 
@@ -110,10 +94,7 @@ impl PlatformClient {
     pub fn new(settings: ApiSettings) -> Result<Self, PlatformError> {
         let http = reqwest::Client::builder()
             .timeout(settings.request_timeout)
-            .user_agent(concat!(
-                "scheduled-query-controller/",
-                env!("CARGO_PKG_VERSION")
-            ))
+            .user_agent(concat!("scheduled-query-controller/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| PlatformError::Token(format!("cannot build the HTTP client: {e}")))?;
         Ok(PlatformClient { http, settings })
@@ -126,9 +107,7 @@ impl PlatformClient {
         let mut tenants = Vec::new();
         let mut page_token: Option<String> = None;
         loop {
-            let page: TenantsPage = self
-                .get_page("/v1/tenants", page_token.as_deref(), &token, "tenants")
-                .await?;
+            let page: TenantsPage = self.get_page("/v1/tenants", page_token.as_deref(), &token, "tenants").await?;
             tenants.extend(page.tenants);
             match page.next_page_token.filter(|t| !t.is_empty()) {
                 Some(next) => page_token = Some(next),
@@ -139,10 +118,10 @@ impl PlatformClient {
             .map(|doc| {
                 let token = token.clone();
                 async move {
-                    let active = doc.get("status").and_then(|s| s.as_str()) == Some("active");
-                    let id = doc.get("id").and_then(|s| s.as_str()).map(str::to_owned);
-                    let apps = match (active, id) {
-                        (true, Some(id)) => self.fetch_apps(&id, &token).await?,
+                    let apps = match &doc {
+                        Lenient::Ok(TenantDoc { id: Some(id), status: Some(status), .. }) if status == "active" => {
+                            self.fetch_apps(id, &token).await?
+                        }
                         _ => Vec::new(),
                     };
                     Ok::<_, PlatformError>(RawTenant { doc, apps })
@@ -154,18 +133,12 @@ impl PlatformClient {
         Ok(RawCatalog { tenants: with_apps })
     }
 
-    async fn fetch_apps(
-        &self,
-        tenant_id: &str,
-        token: &Secret,
-    ) -> Result<Vec<serde_json::Value>, PlatformError> {
+    async fn fetch_apps(&self, tenant_id: &str, token: &Secret) -> Result<Vec<Lenient<AppDoc>>, PlatformError> {
         let path = format!("/v1/tenants/{}/apps", urlencode(tenant_id));
         let mut apps = Vec::new();
         let mut page_token: Option<String> = None;
         loop {
-            let page: AppsPage = self
-                .get_page(&path, page_token.as_deref(), token, "apps")
-                .await?;
+            let page: AppsPage = self.get_page(&path, page_token.as_deref(), token, "apps").await?;
             apps.extend(page.apps);
             match page.next_page_token.filter(|t| !t.is_empty()) {
                 Some(next) => page_token = Some(next),
@@ -189,39 +162,25 @@ impl PlatformClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let sent = self
-                .http
-                .get(&url)
-                .query(&query)
-                .bearer_auth(token.expose())
-                .send()
-                .await;
+            let sent = self.http.get(&url).query(&query).bearer_auth(token.expose()).send().await;
             let (last, retry_after) = match sent {
                 Ok(resp) if resp.status().is_success() => {
                     let bytes = resp.bytes().await;
                     match bytes {
                         Ok(bytes) => {
-                            return serde_json::from_slice(&bytes).map_err(|e| {
-                                PlatformError::Body {
-                                    path: path.to_owned(),
-                                    what,
-                                    reason: e.to_string(),
-                                }
+                            return serde_json::from_slice(&bytes).map_err(|e| PlatformError::Body {
+                                path: path.to_owned(),
+                                what,
+                                reason: e.to_string(),
                             });
                         }
-                        Err(e) => (
-                            format!("reading the body failed: {}", without_url(&e)),
-                            None,
-                        ),
+                        Err(e) => (format!("reading the body failed: {}", without_url(&e)), None),
                     }
                 }
                 Ok(resp) => {
                     let status = resp.status();
                     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                        return Err(PlatformError::Unauthorized {
-                            status: status.as_u16(),
-                            path: path.to_owned(),
-                        });
+                        return Err(PlatformError::Unauthorized { status: status.as_u16(), path: path.to_owned() });
                     }
                     let retry_after = resp
                         .headers()
@@ -241,18 +200,10 @@ impl PlatformClient {
                 Err(e) => (without_url(&e), None),
             };
             if attempt >= self.settings.max_attempts {
-                return Err(PlatformError::Exhausted {
-                    path: path.to_owned(),
-                    attempts: attempt,
-                    last,
-                });
+                return Err(PlatformError::Exhausted { path: path.to_owned(), attempts: attempt, last });
             }
             let wait = retry_after.unwrap_or_else(|| {
-                backoff_with_jitter(
-                    attempt,
-                    self.settings.initial_backoff,
-                    self.settings.max_backoff,
-                )
+                backoff_with_jitter(attempt, self.settings.initial_backoff, self.settings.max_backoff)
             });
             tracing::warn!(path, attempt, error = %last, wait_ms = wait.as_millis() as u64, "platform request failed, retrying");
             tokio::time::sleep(wait).await;
@@ -296,61 +247,36 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs).min(CAP));
     }
-    let when = DateTime::parse_from_rfc2822(value)
-        .ok()?
-        .with_timezone(&Utc);
+    let when = DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc);
     Some((when - now).to_std().unwrap_or(Duration::ZERO).min(CAP))
 }
 
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
 }
 
-#[derive(Deserialize)]
-struct CatalogFile {
-    tenants: Vec<serde_json::Value>,
-}
-
 /// Reads a catalog file (JSON, or YAML by its `.yaml`/`.yml` extension): the tenants list,
-/// each tenant carrying its apps inline.
+/// each tenant carrying its apps inline. The file is decoded as a stream, item by item.
 pub fn read_catalog_file(path: &Path) -> Result<RawCatalog, PlatformError> {
-    let err = |reason: String| PlatformError::File {
-        path: path.to_owned(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let yaml = matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml")
-    );
-    let file: CatalogFile = if yaml {
-        serde_yaml_ng::from_str(&text).map_err(|e| err(e.to_string()))?
+    let err = |reason: String| PlatformError::File { path: path.to_owned(), reason };
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+    let catalog: Result<CatalogFile, String> = if yaml {
+        // Items are decoded from their JSON text: YAML (hand-written, small) goes through JSON.
+        serde_yaml_ng::from_reader::<_, serde_json::Value>(reader)
+            .map_err(|e| e.to_string())
+            .and_then(|v| serde_json::from_str(&v.to_string()).map_err(|e| e.to_string()))
     } else {
-        serde_json::from_str(&text).map_err(|e| err(e.to_string()))?
+        serde_json::from_reader(reader).map_err(|e| e.to_string())
     };
-    let tenants = file
-        .tenants
-        .into_iter()
-        .map(|mut doc| {
-            let apps = doc
-                .as_object_mut()
-                .and_then(|o| o.remove("apps"))
-                .and_then(|a| match a {
-                    serde_json::Value::Array(apps) => Some(apps),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            RawTenant { doc, apps }
-        })
-        .collect();
-    Ok(RawCatalog { tenants })
+    crate::catalog::forget_texts();
+    Ok(catalog.map_err(err)?.into())
 }
 
 #[cfg(test)]
@@ -359,22 +285,11 @@ mod tests {
 
     #[test]
     fn retry_after_accepts_seconds_and_http_dates() {
-        let now = DateTime::parse_from_rfc3339("2026-12-04T10:00:00Z")
-            .expect("t")
-            .with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2026-12-04T10:00:00Z").expect("t").with_timezone(&Utc);
         assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
-        assert_eq!(
-            parse_retry_after("Fri, 04 Dec 2026 10:00:07 GMT", now),
-            Some(Duration::from_secs(7))
-        );
-        assert_eq!(
-            parse_retry_after("Fri, 04 Dec 2026 09:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(
-            parse_retry_after("86400", now),
-            Some(Duration::from_secs(300))
-        );
+        assert_eq!(parse_retry_after("Fri, 04 Dec 2026 10:00:07 GMT", now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("Fri, 04 Dec 2026 09:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("86400", now), Some(Duration::from_secs(300)));
         assert_eq!(parse_retry_after("soon", now), None);
     }
 
@@ -393,11 +308,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("catalog-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("c.yaml");
-        std::fs::write(&path, "tenants:\n  - id: acme\n    status: active\n    apps:\n      - id: s\n        queries: []\n").expect("write");
+        std::fs::write(
+            &path,
+            "tenants:\n  - id: acme\n    status: active\n    apps:\n      - id: s\n        queries: []\n",
+        )
+        .expect("write");
         let raw = read_catalog_file(&path).expect("read");
         assert_eq!(raw.tenants.len(), 1);
         assert_eq!(raw.tenants[0].apps.len(), 1);
-        assert!(raw.tenants[0].doc.get("apps").is_none());
+        assert!(matches!(&raw.tenants[0].doc, Lenient::Ok(d) if d.id.as_deref() == Some("acme")));
         let err = read_catalog_file(&dir.join("missing.json")).expect_err("missing");
         assert!(err.to_string().contains("missing.json"), "{err}");
     }

@@ -32,12 +32,7 @@ pub fn job_message(run: &DueRun, trigger: Trigger) -> JobMessage {
     let s = &run.schedule;
     JobMessage {
         schema_version: JobMessage::SCHEMA_VERSION.to_owned(),
-        job_id: JobId::for_run(
-            &s.key.tenant_id,
-            &s.key.app_id,
-            &s.key.query_id,
-            run.nominal,
-        ),
+        job_id: JobId::for_run(&s.key.tenant_id, &s.key.app_id, &s.key.query_id, run.nominal),
         tenant_id: s.key.tenant_id.to_string(),
         app_id: s.key.app_id.to_string(),
         query_id: s.key.query_id.to_string(),
@@ -119,10 +114,7 @@ pub async fn run_publisher(
     let lost = queued + unfinished;
     metrics.runs_unpublished_at_shutdown.inc_by(lost);
     if lost > 0 {
-        tracing::warn!(
-            runs = lost,
-            "runs not published at shutdown; a restart's catch-up replays them"
-        );
+        tracing::warn!(runs = lost, "runs not published at shutdown; a restart's catch-up replays them");
     }
     Ok(())
 }

@@ -42,8 +42,7 @@ impl Cadence {
             if rest.is_empty() {
                 return Err("@every needs a duration, e.g. \"@every 30s\"".into());
             }
-            let d = humantime::parse_duration(rest)
-                .map_err(|e| format!("invalid @every duration: {e}"))?;
+            let d = humantime::parse_duration(rest).map_err(|e| format!("invalid @every duration: {e}"))?;
             if d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
                 return Err("@every needs a whole number of seconds, at least 1s".into());
             }
@@ -52,22 +51,12 @@ impl Cadence {
         if !expr.starts_with('@') {
             let fields = expr.split_whitespace().count();
             if fields != 5 && fields != 6 {
-                return Err(format!(
-                    "cron needs 5 fields (minute precision) or 6 (seconds first), found {fields}"
-                ));
+                return Err(format!("cron needs 5 fields (minute precision) or 6 (seconds first), found {fields}"));
             }
         }
-        let parser = CronParser::builder()
-            .seconds(Seconds::Optional)
-            .year(Year::Disallowed)
-            .build();
-        let cron = parser
-            .parse(expr)
-            .map_err(|e| format!("invalid cron: {e}"))?;
-        Ok(Cadence::Cron {
-            cron: Box::new(cron),
-            tz,
-        })
+        let parser = CronParser::builder().seconds(Seconds::Optional).year(Year::Disallowed).build();
+        let cron = parser.parse(expr).map_err(|e| format!("invalid cron: {e}"))?;
+        Ok(Cadence::Cron { cron: Box::new(cron), tz })
     }
 
     /// The first fire instant strictly after `t`.
@@ -145,8 +134,7 @@ fn resolve_local(tz: &Tz, naive: NaiveDateTime) -> Option<DateTime<Utc>> {
             // that is the moment the clock jumps over the gap. Gaps are shorter than a day.
             let guess = naive.and_utc().timestamp();
             let (mut lo, mut hi) = (guess - 30 * 3600, guess + 30 * 3600);
-            let local_at =
-                |s: i64| DateTime::from_timestamp(s, 0).map(|u| u.with_timezone(tz).naive_local());
+            let local_at = |s: i64| DateTime::from_timestamp(s, 0).map(|u| u.with_timezone(tz).naive_local());
             while lo < hi {
                 let mid = lo + (hi - lo) / 2;
                 if local_at(mid)? >= naive {
@@ -165,9 +153,7 @@ mod tests {
     use super::*;
 
     fn utc(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s)
-            .expect("rfc3339")
-            .with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(s).expect("rfc3339").with_timezone(&Utc)
     }
 
     fn tz(name: &str) -> Tz {
@@ -190,41 +176,16 @@ mod tests {
 
     #[test]
     fn five_field_cron_fires_on_the_minute_in_the_zone() {
-        let got = fires(
-            "0 * * * *",
-            "Europe/Berlin",
-            "2026-12-04T10:30:00Z",
-            "2026-12-04T12:30:00Z",
-        );
-        assert_eq!(
-            got,
-            vec![utc("2026-12-04T11:00:00Z"), utc("2026-12-04T12:00:00Z")]
-        );
-        let got = fires(
-            "0 9 * * *",
-            "America/New_York",
-            "2026-12-04T00:00:00Z",
-            "2026-12-05T00:00:00Z",
-        );
+        let got = fires("0 * * * *", "Europe/Berlin", "2026-12-04T10:30:00Z", "2026-12-04T12:30:00Z");
+        assert_eq!(got, vec![utc("2026-12-04T11:00:00Z"), utc("2026-12-04T12:00:00Z")]);
+        let got = fires("0 9 * * *", "America/New_York", "2026-12-04T00:00:00Z", "2026-12-05T00:00:00Z");
         assert_eq!(got, vec![utc("2026-12-04T14:00:00Z")]);
     }
 
     #[test]
     fn six_field_cron_has_seconds_first() {
-        let got = fires(
-            "*/20 * * * * *",
-            "UTC",
-            "2026-12-04T10:00:00Z",
-            "2026-12-04T10:01:00Z",
-        );
-        assert_eq!(
-            got,
-            vec![
-                utc("2026-12-04T10:00:20Z"),
-                utc("2026-12-04T10:00:40Z"),
-                utc("2026-12-04T10:01:00Z")
-            ]
-        );
+        let got = fires("*/20 * * * * *", "UTC", "2026-12-04T10:00:00Z", "2026-12-04T10:01:00Z");
+        assert_eq!(got, vec![utc("2026-12-04T10:00:20Z"), utc("2026-12-04T10:00:40Z"), utc("2026-12-04T10:01:00Z")]);
     }
 
     #[test]
@@ -236,11 +197,7 @@ mod tests {
             ("@monthly", "2027-01-01T00:00:00Z"),
         ] {
             let c = Cadence::parse(nick, Tz::UTC).expect(nick);
-            assert_eq!(
-                c.next_after(utc("2026-12-04T10:30:00Z")),
-                Some(utc(next)),
-                "{nick}"
-            );
+            assert_eq!(c.next_after(utc("2026-12-04T10:30:00Z")), Some(utc(next)), "{nick}");
         }
     }
 
@@ -253,14 +210,8 @@ mod tests {
         assert_eq!(next.timestamp_subsec_millis(), 0);
         assert!(next > t && next <= t + ChronoDuration::seconds(90));
         assert_eq!(c.next_after(next), Some(next + ChronoDuration::seconds(90)));
-        assert_eq!(
-            c.prev_before(next),
-            Some(next - ChronoDuration::seconds(90))
-        );
-        assert_eq!(
-            c.prev_before(next + ChronoDuration::milliseconds(1)),
-            Some(next)
-        );
+        assert_eq!(c.prev_before(next), Some(next - ChronoDuration::seconds(90)));
+        assert_eq!(c.prev_before(next + ChronoDuration::milliseconds(1)), Some(next));
     }
 
     #[test]
@@ -283,12 +234,7 @@ mod tests {
     #[test]
     fn a_skipped_local_time_runs_once_when_the_clock_jumps() {
         // Berlin, 2026-03-29: 02:00 CET jumps to 03:00 CEST (01:00 UTC).
-        let got = fires(
-            "30 2 * * *",
-            "Europe/Berlin",
-            "2026-03-27T12:00:00Z",
-            "2026-03-30T12:00:00Z",
-        );
+        let got = fires("30 2 * * *", "Europe/Berlin", "2026-03-27T12:00:00Z", "2026-03-30T12:00:00Z");
         assert_eq!(
             got,
             vec![
@@ -301,71 +247,30 @@ mod tests {
 
     #[test]
     fn many_skipped_local_times_collapse_into_one_run() {
-        let got = fires(
-            "*/15 * * * *",
-            "Europe/Berlin",
-            "2026-03-29T00:40:00Z",
-            "2026-03-29T01:20:00Z",
-        );
-        assert_eq!(
-            got,
-            vec![
-                utc("2026-03-29T00:45:00Z"),
-                utc("2026-03-29T01:00:00Z"),
-                utc("2026-03-29T01:15:00Z")
-            ]
-        );
+        let got = fires("*/15 * * * *", "Europe/Berlin", "2026-03-29T00:40:00Z", "2026-03-29T01:20:00Z");
+        assert_eq!(got, vec![utc("2026-03-29T00:45:00Z"), utc("2026-03-29T01:00:00Z"), utc("2026-03-29T01:15:00Z")]);
     }
 
     #[test]
     fn a_repeated_local_time_runs_once_at_its_first_occurrence() {
         // New York, 2026-11-01: 02:00 EDT falls back to 01:00 EST; 01:30 happens twice.
-        let got = fires(
-            "30 1 * * *",
-            "America/New_York",
-            "2026-10-31T12:00:00Z",
-            "2026-11-02T12:00:00Z",
-        );
-        assert_eq!(
-            got,
-            vec![utc("2026-11-01T05:30:00Z"), utc("2026-11-02T06:30:00Z")]
-        );
+        let got = fires("30 1 * * *", "America/New_York", "2026-10-31T12:00:00Z", "2026-11-02T12:00:00Z");
+        assert_eq!(got, vec![utc("2026-11-01T05:30:00Z"), utc("2026-11-02T06:30:00Z")]);
     }
 
     #[test]
     fn sao_paulo_before_2019_had_midnight_dst_gaps() {
         // 2018-11-04 00:00 BRT jumped to 01:00 BRST: a daily midnight run still happens once.
-        let got = fires(
-            "0 0 * * *",
-            "America/Sao_Paulo",
-            "2018-11-03T12:00:00Z",
-            "2018-11-05T12:00:00Z",
-        );
-        assert_eq!(
-            got,
-            vec![utc("2018-11-04T03:00:00Z"), utc("2018-11-05T02:00:00Z")]
-        );
+        let got = fires("0 0 * * *", "America/Sao_Paulo", "2018-11-03T12:00:00Z", "2018-11-05T12:00:00Z");
+        assert_eq!(got, vec![utc("2018-11-04T03:00:00Z"), utc("2018-11-05T02:00:00Z")]);
     }
 
     #[test]
     fn every_calendar_day_gets_exactly_one_run_across_a_year_of_transitions() {
-        for zone in [
-            "Europe/Berlin",
-            "America/New_York",
-            "America/Sao_Paulo",
-            "Australia/Lord_Howe",
-        ] {
-            let got = fires(
-                "30 2 * * *",
-                zone,
-                "2017-12-31T12:00:00Z",
-                "2019-01-01T12:00:00Z",
-            );
+        for zone in ["Europe/Berlin", "America/New_York", "America/Sao_Paulo", "Australia/Lord_Howe"] {
+            let got = fires("30 2 * * *", zone, "2017-12-31T12:00:00Z", "2019-01-01T12:00:00Z");
             let tz = tz(zone);
-            let mut days: Vec<_> = got
-                .iter()
-                .map(|t| t.with_timezone(&tz).date_naive())
-                .collect();
+            let mut days: Vec<_> = got.iter().map(|t| t.with_timezone(&tz).date_naive()).collect();
             let n = days.len();
             days.dedup();
             assert_eq!(days.len(), n, "{zone}: two runs on one day");
@@ -385,11 +290,7 @@ mod tests {
             let mut t = utc("2018-01-01T00:00:00Z");
             for _ in 0..2000 {
                 let next = c.next_after(t).expect("next");
-                assert_eq!(
-                    c.prev_before(next + ChronoDuration::seconds(1)),
-                    Some(next),
-                    "{expr} {zone} at {next}"
-                );
+                assert_eq!(c.prev_before(next + ChronoDuration::seconds(1)), Some(next), "{expr} {zone} at {next}");
                 assert!(c.prev_before(next).expect("prev") < next);
                 t = next + ChronoDuration::hours(5);
             }

@@ -30,9 +30,7 @@ pub struct AdminSettings {
 
 impl Default for AdminSettings {
     fn default() -> Self {
-        AdminSettings {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
-        }
+        AdminSettings { listen: SocketAddr::from(([127, 0, 0, 1], 9090)) }
     }
 }
 
@@ -199,9 +197,7 @@ fn check_topic_name(key: &str, name: &str, problems: &mut Vec<String>) {
     let ok = name.len() >= 3
         && name.len() <= 255
         && name.starts_with(|c: char| c.is_ascii_alphabetic())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c))
         && !name.starts_with("goog");
     if !ok {
         problems.push(format!(
@@ -222,28 +218,27 @@ impl Validate for Settings {
         match pl.source {
             CatalogSource::Api => {
                 if !(pl.base_url.starts_with("http://") || pl.base_url.starts_with("https://")) {
-                    p.push(format!("platform.base_url {:?} must be an http:// or https:// URL when platform.source = \"api\"", pl.base_url));
+                    p.push(format!(
+                        "platform.base_url {:?} must be an http:// or https:// URL when platform.source = \"api\"",
+                        pl.base_url
+                    ));
                 }
                 if pl.token_file.is_none() && pl.token_env.trim().is_empty() {
-                    p.push("platform.token_env is empty and platform.token_file is unset: no way to get the token".into());
+                    p.push(
+                        "platform.token_env is empty and platform.token_file is unset: no way to get the token".into(),
+                    );
                 }
             }
             CatalogSource::File => match &pl.catalog_file {
-                None => p.push(
-                    "platform.catalog_file must be set when platform.source = \"file\"".into(),
-                ),
-                Some(path) if !path.exists() => p.push(format!(
-                    "platform.catalog_file {} does not exist",
-                    path.display()
-                )),
+                None => p.push("platform.catalog_file must be set when platform.source = \"file\"".into()),
+                Some(path) if !path.exists() => {
+                    p.push(format!("platform.catalog_file {} does not exist", path.display()))
+                }
                 Some(_) => {}
             },
         }
         if !(1..=1000).contains(&pl.page_size) {
-            p.push(format!(
-                "platform.page_size {} must be between 1 and 1000",
-                pl.page_size
-            ));
+            p.push(format!("platform.page_size {} must be between 1 and 1000", pl.page_size));
         }
         if pl.request_timeout.is_zero() {
             p.push("platform.request_timeout must be above 0".into());
@@ -259,10 +254,7 @@ impl Validate for Settings {
         }
         let c = &self.catalog;
         if c.sync_interval < Duration::from_secs(1) {
-            p.push(format!(
-                "catalog.sync_interval {:?} must be at least 1s",
-                c.sync_interval
-            ));
+            p.push(format!("catalog.sync_interval {:?} must be at least 1s", c.sync_interval));
         }
         if c.engines.is_empty() {
             p.push("catalog.engines is empty: no query could ever be scheduled".into());
@@ -271,15 +263,10 @@ impl Validate for Settings {
             p.push("catalog.default_spread must not exceed catalog.max_spread".into());
         }
         if c.default_timeout.is_zero() || c.default_timeout > c.max_timeout {
-            p.push(
-                "catalog.default_timeout must be above 0 and at most catalog.max_timeout".into(),
-            );
+            p.push("catalog.default_timeout must be above 0 and at most catalog.max_timeout".into());
         }
         if !(1..=100).contains(&c.default_max_attempts) {
-            p.push(format!(
-                "catalog.default_max_attempts {} must be between 1 and 100",
-                c.default_max_attempts
-            ));
+            p.push(format!("catalog.default_max_attempts {} must be between 1 and 100", c.default_max_attempts));
         }
         if c.max_sql_bytes == 0 {
             p.push("catalog.max_sql_bytes must be above 0".into());
@@ -289,13 +276,9 @@ impl Validate for Settings {
             p.push("placement.default_duration must be above 0".into());
         }
         if !(0.0..1.0).contains(&pl.rebalance_margin) {
-            p.push(format!(
-                "placement.rebalance_margin {} must be in [0, 1)",
-                pl.rebalance_margin
-            ));
+            p.push(format!("placement.rebalance_margin {} must be in [0, 1)", pl.rebalance_margin));
         }
-        if pl.horizon < Duration::from_secs(3600) || pl.horizon > Duration::from_secs(7 * 24 * 3600)
-        {
+        if pl.horizon < Duration::from_secs(3600) || pl.horizon > Duration::from_secs(7 * 24 * 3600) {
             p.push("placement.horizon must be between 1h and 7d".into());
         }
         let ps = &self.pubsub;
@@ -330,8 +313,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let s: Settings =
-            service_kit::settings::load(None, &env).unwrap_or_else(|e| panic!("{e:#}"));
+        let s: Settings = service_kit::settings::load(None, &env).unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(s.platform.base_url, "http://127.0.0.1:1");
         assert_eq!(s.catalog.sync_interval, Duration::from_secs(5));
         assert_eq!(s.catalog.engines, vec!["warehouse", "lake"]);
@@ -346,25 +328,15 @@ mod tests {
         s.catalog.engines.clear();
         s.pubsub.jobs_topic = "j".into();
         let problems = s.problems();
-        for needle in [
-            "platform.base_url",
-            "platform.page_size",
-            "catalog.engines",
-            "pubsub.jobs_topic",
-        ] {
-            assert!(
-                problems.iter().any(|p| p.contains(needle)),
-                "{needle} missing from {problems:#?}"
-            );
+        for needle in ["platform.base_url", "platform.page_size", "catalog.engines", "pubsub.jobs_topic"] {
+            assert!(problems.iter().any(|p| p.contains(needle)), "{needle} missing from {problems:#?}");
         }
     }
 
     #[test]
     fn an_unknown_key_is_an_error_that_names_it() {
         let env: HashMap<String, String> =
-            [("CONTROLLER_PLATFORM__BASE_ULR".to_owned(), "x".to_owned())]
-                .into_iter()
-                .collect();
+            [("CONTROLLER_PLATFORM__BASE_ULR".to_owned(), "x".to_owned())].into_iter().collect();
         let err = service_kit::settings::load::<Settings>(None, &env).expect_err("typo");
         assert!(err.to_string().contains("base_ulr"), "{err}");
     }

@@ -21,15 +21,16 @@ pub enum Source {
 impl Source {
     pub async fn read(&self) -> Result<RawCatalog, PlatformError> {
         match self {
-            Source::Api(client) => client.fetch().await,
+            Source::Api(client) => {
+                let raw = client.fetch().await;
+                crate::catalog::forget_texts();
+                raw
+            }
             Source::File(path) => {
                 let path = path.clone();
                 tokio::task::spawn_blocking(move || platform::read_catalog_file(&path))
                     .await
-                    .map_err(|e| PlatformError::File {
-                        path: PathBuf::new(),
-                        reason: e.to_string(),
-                    })?
+                    .map_err(|e| PlatformError::File { path: PathBuf::new(), reason: e.to_string() })?
             }
         }
     }
@@ -46,6 +47,8 @@ pub struct Syncer {
     pub metrics: Metrics,
     /// The schedules in force, for the admin API.
     pub view: crate::admin_api::CatalogView,
+    /// When a fresh placement was last weighed against the one in force.
+    last_rebalance: Option<std::time::Instant>,
     known_problems: BTreeSet<Problem>,
 }
 
@@ -66,6 +69,7 @@ impl Syncer {
             timer_changed,
             metrics,
             view: Arc::default(),
+            last_rebalance: None,
             known_problems: BTreeSet::new(),
         }
     }
@@ -76,10 +80,7 @@ impl Syncer {
         let raw = match self.source.read().await {
             Ok(raw) => raw,
             Err(e) => {
-                self.metrics
-                    .catalog_syncs
-                    .get_or_create(&OutcomeLabels { outcome: "failed" })
-                    .inc();
+                self.metrics.catalog_syncs.get_or_create(&OutcomeLabels { outcome: "failed" }).inc();
                 return Err(e);
             }
         };
@@ -100,24 +101,10 @@ impl Syncer {
         };
         self.timer_changed.notify_one();
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog.schedules.clone());
-        self.metrics
-            .catalog_syncs
-            .get_or_create(&OutcomeLabels { outcome: "ok" })
-            .inc();
-        for (kind, o) in [
-            ("tenant", catalog.tenants),
-            ("app", catalog.apps),
-            ("query", catalog.queries),
-        ] {
-            for (outcome, n) in [
-                ("scheduled", o.scheduled),
-                ("skipped", o.skipped),
-                ("inactive", o.inactive),
-            ] {
-                self.metrics
-                    .catalog_items
-                    .get_or_create(&ItemLabels { kind, outcome })
-                    .set(n as i64);
+        self.metrics.catalog_syncs.get_or_create(&OutcomeLabels { outcome: "ok" }).inc();
+        for (kind, o) in [("tenant", catalog.tenants), ("app", catalog.apps), ("query", catalog.queries)] {
+            for (outcome, n) in [("scheduled", o.scheduled), ("skipped", o.skipped), ("inactive", o.inactive)] {
+                self.metrics.catalog_items.get_or_create(&ItemLabels { kind, outcome }).set(n as i64);
             }
         }
         tracing::info!(
@@ -138,33 +125,23 @@ impl Syncer {
     async fn place(
         &mut self,
         catalog: &Catalog,
-    ) -> Option<Arc<std::collections::HashMap<crate::catalog::ScheduleKey, std::time::Duration>>>
-    {
+    ) -> Option<Arc<std::collections::HashMap<crate::catalog::ScheduleKey, std::time::Duration>>> {
         if self.placement.strategy != crate::placement::Strategy::LoadAware {
             return None;
         }
-        let (schedules, settings, prior) = (
-            catalog.schedules.clone(),
-            self.placement.clone(),
-            self.placements.clone(),
-        );
+        let (schedules, settings, prior) = (catalog.schedules.clone(), self.placement.clone(), self.placements.clone());
+        // Weigh a full re-placement at most once an hour; in between, new schedules are
+        // placed around the offsets in force.
+        let rebalance = self.last_rebalance.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(3600));
+        if rebalance {
+            self.last_rebalance = Some(std::time::Instant::now());
+        }
         let started = std::time::Instant::now();
         let placed = tokio::task::spawn_blocking(move || {
-            let items = crate::plan::items(
-                &schedules,
-                Utc::now(),
-                settings.horizon,
-                settings.default_duration,
-            );
-            let placer = crate::placement::LoadAware {
-                margin: settings.rebalance_margin,
-                ..Default::default()
-            };
-            placer.place(
-                &items,
-                (!prior.is_empty()).then_some(&*prior),
-                settings.horizon,
-            )
+            let items = crate::plan::items(&schedules, Utc::now(), settings.horizon, settings.default_duration);
+            let placer =
+                crate::placement::LoadAware { margin: settings.rebalance_margin, rebalance, ..Default::default() };
+            placer.place(&items, (!prior.is_empty()).then_some(&*prior), settings.horizon)
         })
         .await
         .ok()?;
@@ -183,13 +160,7 @@ impl Syncer {
     fn report_problems(&mut self, catalog: &Catalog) {
         let current: BTreeSet<Problem> = catalog.problems.iter().cloned().collect();
         for p in current.difference(&self.known_problems) {
-            self.metrics
-                .catalog_problems
-                .get_or_create(&ProblemLabels {
-                    kind: p.kind.as_str(),
-                    field: p.field,
-                })
-                .inc();
+            self.metrics.catalog_problems.get_or_create(&ProblemLabels { kind: p.kind.as_str(), field: p.field }).inc();
             tracing::warn!(
                 kind = p.kind.as_str(),
                 tenant_id = %p.tenant_id,

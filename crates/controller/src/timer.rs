@@ -112,18 +112,9 @@ impl Timer {
 
     /// The runs due in `(now, now + window]` for each window, and their expected work in
     /// seconds (the schedule's estimate, else `default_duration`): the autoscaling signal.
-    pub fn due_within(
-        &self,
-        now: DateTime<Utc>,
-        windows: &[Duration],
-        default_duration: Duration,
-    ) -> Vec<(u64, f64)> {
+    pub fn due_within(&self, now: DateTime<Utc>, windows: &[Duration], default_duration: Duration) -> Vec<(u64, f64)> {
         let mut out = vec![(0u64, 0.0f64); windows.len()];
-        let Some(longest) = windows
-            .iter()
-            .max()
-            .and_then(|w| chrono::Duration::from_std(*w).ok())
-        else {
+        let Some(longest) = windows.iter().max().and_then(|w| chrono::Duration::from_std(*w).ok()) else {
             return out;
         };
         let horizon = now + longest;
@@ -138,24 +129,19 @@ impl Timer {
             if first + offset > horizon {
                 continue;
             }
-            let calendar = calendars
-                .entry((Arc::as_ptr(&schedule.cadence), slot.nominal_s))
-                .or_insert_with(|| {
-                    let mut times = vec![first];
-                    let mut t = first;
-                    while let Some(n) = schedule.cadence.next_after(t) {
-                        if n > horizon {
-                            break;
-                        }
-                        times.push(n);
-                        t = n;
+            let calendar = calendars.entry((Arc::as_ptr(&schedule.cadence), slot.nominal_s)).or_insert_with(|| {
+                let mut times = vec![first];
+                let mut t = first;
+                while let Some(n) = schedule.cadence.next_after(t) {
+                    if n > horizon {
+                        break;
                     }
-                    times
-                });
-            let work = schedule
-                .estimated_duration
-                .unwrap_or(default_duration)
-                .as_secs_f64();
+                    times.push(n);
+                    t = n;
+                }
+                times
+            });
+            let work = schedule.estimated_duration.unwrap_or(default_duration).as_secs_f64();
             for nominal in calendar.iter() {
                 let placed = *nominal + offset;
                 if placed <= now {
@@ -184,23 +170,12 @@ impl Timer {
     fn find(&self, key: &ScheduleKey) -> Option<u32> {
         let hash = self.hasher.hash_one(key);
         let slots = &self.slots;
-        self.index
-            .find(hash, |&i| {
-                slots[i as usize]
-                    .schedule
-                    .as_ref()
-                    .is_some_and(|s| s.key == *key)
-            })
-            .copied()
+        self.index.find(hash, |&i| slots[i as usize].schedule.as_ref().is_some_and(|s| s.key == *key)).copied()
     }
 
     /// Makes the timer hold exactly `schedules`: new ones are added, changed ones restart
     /// from `now`, missing ones are removed; unchanged ones keep their pending run.
-    pub fn apply(
-        &mut self,
-        schedules: &BTreeMap<ScheduleKey, Arc<Schedule>>,
-        now: DateTime<Utc>,
-    ) -> Diff {
+    pub fn apply(&mut self, schedules: &BTreeMap<ScheduleKey, Arc<Schedule>>, now: DateTime<Utc>) -> Diff {
         let mut diff = Diff::default();
         let gone: Vec<ScheduleKey> = self
             .slots
@@ -214,17 +189,11 @@ impl Timer {
             diff.removed += 1;
         }
         let growth = schedules.len().saturating_sub(self.len());
-        self.slots
-            .reserve_exact(growth.saturating_sub(self.free.len()));
+        self.slots.reserve_exact(growth.saturating_sub(self.free.len()));
         self.heap.reserve(growth);
         let hasher = self.hasher.clone();
         let slots = &self.slots;
-        self.index.reserve(growth, |&i| {
-            slots[i as usize]
-                .schedule
-                .as_ref()
-                .map_or(0, |s| hasher.hash_one(&s.key))
-        });
+        self.index.reserve(growth, |&i| slots[i as usize].schedule.as_ref().map_or(0, |s| hasher.hash_one(&s.key)));
         let mut around: HashMap<*const Cadence, Around> = HashMap::new();
         for (key, schedule) in schedules {
             match self.find(key) {
@@ -250,21 +219,13 @@ impl Timer {
         diff
     }
 
-    fn insert(
-        &mut self,
-        schedule: Arc<Schedule>,
-        now: DateTime<Utc>,
-        memo: &mut HashMap<*const Cadence, Around>,
-    ) {
+    fn insert(&mut self, schedule: Arc<Schedule>, now: DateTime<Utc>, memo: &mut HashMap<*const Cadence, Around>) {
         let cadence = &schedule.cadence;
         let a = *memo.entry(Arc::as_ptr(cadence)).or_insert_with(|| {
             let last = cadence
                 .prev_before(now + chrono::Duration::milliseconds(1))
                 .and_then(|n| cadence.prev_before(n).map(|p| (p, n)));
-            Around {
-                last,
-                next: cadence.next_after(now),
-            }
+            Around { last, next: cadence.next_after(now) }
         });
         // A run whose nominal time has passed but whose placed time has not is still
         // pending (it sits inside its spread window): keep it.
@@ -274,22 +235,14 @@ impl Timer {
         });
         let run = pending.or_else(|| {
             let nominal = a.next?;
-            let prev = a
-                .last
-                .map_or_else(|| cadence.prev_before(nominal), |(_, n)| Some(n))?;
+            let prev = a.last.map_or_else(|| cadence.prev_before(nominal), |(_, n)| Some(n))?;
             Some((prev, nominal, self.offset(&schedule, prev, nominal)))
         });
         let hash = self.hasher.hash_one(&schedule.key);
         let slot = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.slots.push(Slot {
-                    schedule: None,
-                    nominal_s: 0,
-                    prev_delta_s: 0,
-                    offset_ms: 0,
-                    generation: 0,
-                });
+                self.slots.push(Slot { schedule: None, nominal_s: 0, prev_delta_s: 0, offset_ms: 0, generation: 0 });
                 (self.slots.len() - 1) as u32
             }
         };
@@ -301,31 +254,20 @@ impl Timer {
             s.nominal_s = to_epoch_s(nominal);
             s.prev_delta_s = (nominal - prev).num_seconds().clamp(0, i64::from(u32::MAX)) as u32;
             s.offset_ms = offset.num_milliseconds().clamp(0, i64::from(u32::MAX)) as u32;
-            self.heap.push(Reverse(Entry {
-                at_ms: (nominal + offset).timestamp_millis(),
-                slot,
-                generation,
-            }));
+            self.heap.push(Reverse(Entry { at_ms: (nominal + offset).timestamp_millis(), slot, generation }));
         }
         let hasher = &self.hasher;
         let slots = &self.slots;
-        self.index.insert_unique(hash, slot, |&i| {
-            slots[i as usize]
-                .schedule
-                .as_ref()
-                .map_or(0, |s| hasher.hash_one(&s.key))
-        });
+        self.index
+            .insert_unique(hash, slot, |&i| slots[i as usize].schedule.as_ref().map_or(0, |s| hasher.hash_one(&s.key)));
     }
 
     fn remove(&mut self, key: &ScheduleKey) {
         let hash = self.hasher.hash_one(key);
         let slots = &self.slots;
-        if let Ok(entry) = self.index.find_entry(hash, |&i| {
-            slots[i as usize]
-                .schedule
-                .as_ref()
-                .is_some_and(|s| s.key == *key)
-        }) {
+        if let Ok(entry) =
+            self.index.find_entry(hash, |&i| slots[i as usize].schedule.as_ref().is_some_and(|s| s.key == *key))
+        {
             let (slot, _) = entry.remove();
             let s = &mut self.slots[slot as usize];
             s.schedule = None;
@@ -334,12 +276,7 @@ impl Timer {
         }
     }
 
-    fn offset(
-        &self,
-        schedule: &Schedule,
-        prev: DateTime<Utc>,
-        nominal: DateTime<Utc>,
-    ) -> chrono::Duration {
+    fn offset(&self, schedule: &Schedule, prev: DateTime<Utc>, nominal: DateTime<Utc>) -> chrono::Duration {
         let interval = (nominal - prev).to_std().unwrap_or(Duration::ZERO);
         let window = schedule.spread.min(interval);
         let placed = match (self.strategy, self.placements.get(&schedule.key)) {
@@ -352,12 +289,7 @@ impl Timer {
 
     /// The next `n` runs of `schedule` placed after `now`, as (nominal, placed) times, with
     /// the offsets this timer would give them.
-    pub fn next_runs(
-        &self,
-        schedule: &Schedule,
-        now: DateTime<Utc>,
-        n: usize,
-    ) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    pub fn next_runs(&self, schedule: &Schedule, now: DateTime<Utc>, n: usize) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
         let mut out = Vec::with_capacity(n);
         // A run whose nominal time has passed may still be pending inside its window.
         let back = chrono::Duration::from_std(schedule.spread).unwrap_or_default();
@@ -367,10 +299,7 @@ impl Timer {
             let Some(nominal) = schedule.cadence.next_after(t) else {
                 break;
             };
-            let placed = nominal
-                + prev.map_or(chrono::Duration::zero(), |p| {
-                    self.offset(schedule, p, nominal)
-                });
+            let placed = nominal + prev.map_or(chrono::Duration::zero(), |p| self.offset(schedule, p, nominal));
             if placed > now {
                 out.push((nominal, placed));
             }
@@ -423,8 +352,7 @@ impl Timer {
                 let offset = self.offset(&schedule, nominal, next);
                 let slot = &mut self.slots[top.slot as usize];
                 slot.nominal_s = to_epoch_s(next);
-                slot.prev_delta_s =
-                    (next - nominal).num_seconds().clamp(0, i64::from(u32::MAX)) as u32;
+                slot.prev_delta_s = (next - nominal).num_seconds().clamp(0, i64::from(u32::MAX)) as u32;
                 slot.offset_ms = offset.num_milliseconds().clamp(0, i64::from(u32::MAX)) as u32;
                 self.heap.push(Reverse(Entry {
                     at_ms: (next + offset).timestamp_millis(),
@@ -449,10 +377,7 @@ pub async fn drive(
 ) -> anyhow::Result<()> {
     let mut due = Vec::new();
     loop {
-        let deadline = timer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .next_deadline();
+        let deadline = timer.lock().unwrap_or_else(|p| p.into_inner()).next_deadline();
         let wait = deadline
             .map(|d| (d - Utc::now()).to_std().unwrap_or(Duration::ZERO))
             .unwrap_or(MAX_TIMER_SLEEP)
@@ -463,10 +388,7 @@ pub async fn drive(
             _ = tokio::time::sleep(wait) => {}
         }
         let now = Utc::now();
-        timer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_due(now, &mut due);
+        timer.lock().unwrap_or_else(|p| p.into_inner()).pop_due(now, &mut due);
         for run in due.drain(..) {
             metrics.runs_due.inc();
             let late = (now - run.placed).to_std().unwrap_or(Duration::ZERO);
@@ -486,16 +408,15 @@ mod tests {
     use serde_json::json;
 
     fn utc(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s)
-            .expect("rfc3339")
-            .with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(s).expect("rfc3339").with_timezone(&Utc)
     }
 
     fn catalog(queries: &[(&str, &str, Option<&str>)]) -> BTreeMap<ScheduleKey, Arc<Schedule>> {
         let qs: Vec<_> = queries
             .iter()
             .map(|(id, cron, spread)| {
-                let mut q = json!({"id": id, "schedule": cron, "engine": "warehouse", "sql": "SELECT 1", "destination": "t"});
+                let mut q =
+                    json!({"id": id, "schedule": cron, "engine": "warehouse", "sql": "SELECT 1", "destination": "t"});
                 if let Some(s) = spread {
                     q["spread"] = json!(s);
                 }
@@ -503,22 +424,17 @@ mod tests {
             })
             .collect();
         let raw = RawCatalog {
-            tenants: vec![RawTenant {
-                doc: json!({"id": "t", "status": "active"}),
-                apps: vec![json!({"id": "a", "queries": qs})],
-            }],
+            tenants: vec![RawTenant::json(
+                json!({"id": "t", "status": "active"}),
+                vec![json!({"id": "a", "queries": qs})],
+            )],
         };
         let c = validate(&raw, &CatalogPolicy::for_tests());
         assert!(c.problems.is_empty(), "{:?}", c.problems);
         c.schedules
     }
 
-    fn drive(
-        timer: &mut Timer,
-        from: DateTime<Utc>,
-        until: DateTime<Utc>,
-        step_ms: i64,
-    ) -> Vec<DueRun> {
+    fn drive(timer: &mut Timer, from: DateTime<Utc>, until: DateTime<Utc>, step_ms: i64) -> Vec<DueRun> {
         let mut out = vec![];
         let mut now = from;
         while now <= until {
@@ -538,28 +454,15 @@ mod tests {
     fn every_run_fires_once_in_order_with_its_window() {
         let mut timer = Timer::new(Strategy::None);
         let start = utc("2026-12-04T10:00:00.500Z");
-        timer.apply(
-            &catalog(&[("a", "*/10 * * * * *", None), ("b", "*/15 * * * * *", None)]),
-            start,
-        );
+        timer.apply(&catalog(&[("a", "*/10 * * * * *", None), ("b", "*/15 * * * * *", None)]), start);
         let runs = drive(&mut timer, start, utc("2026-12-04T10:01:00Z"), 250);
-        let a: Vec<_> = runs
-            .iter()
-            .filter(|r| &*r.schedule.key.query_id == "a")
-            .map(|r| r.nominal)
-            .collect();
-        let b: Vec<_> = runs
-            .iter()
-            .filter(|r| &*r.schedule.key.query_id == "b")
-            .collect();
+        let a: Vec<_> = runs.iter().filter(|r| &*r.schedule.key.query_id == "a").map(|r| r.nominal).collect();
+        let b: Vec<_> = runs.iter().filter(|r| &*r.schedule.key.query_id == "b").collect();
         assert_eq!(a.len(), 6, "{a:?}");
         assert_eq!(a[0], utc("2026-12-04T10:00:10Z"));
         assert_eq!(b.len(), 4);
         for w in b.windows(2) {
-            assert_eq!(
-                w[1].window_start, w[0].nominal,
-                "windows chain without gaps"
-            );
+            assert_eq!(w[1].window_start, w[0].nominal, "windows chain without gaps");
         }
         assert_eq!(b[0].window_start, utc("2026-12-04T10:00:00Z"));
     }
@@ -571,10 +474,7 @@ mod tests {
         timer.apply(&catalog(&[("a", "* * * * * *", None)]), start);
         let mut out = vec![];
         timer.pop_due(utc("2026-12-04T10:00:05Z"), &mut out);
-        let secs: Vec<_> = out
-            .iter()
-            .map(|r| r.nominal.timestamp() - start.timestamp())
-            .collect();
+        let secs: Vec<_> = out.iter().map(|r| r.nominal.timestamp() - start.timestamp()).collect();
         assert_eq!(secs, vec![1, 2, 3, 4, 5]);
     }
 
@@ -583,10 +483,7 @@ mod tests {
         let mut timer = Timer::new(Strategy::Hash);
         let start = utc("2026-12-04T09:59:00Z");
         let names: Vec<String> = (0..50).map(|i| format!("q{i}")).collect();
-        let qs: Vec<_> = names
-            .iter()
-            .map(|n| (n.as_str(), "0 * * * *", Some("10m")))
-            .collect();
+        let qs: Vec<_> = names.iter().map(|n| (n.as_str(), "0 * * * *", Some("10m"))).collect();
         timer.apply(&catalog(&qs), start);
         let runs = drive(&mut timer, start, utc("2026-12-04T10:15:00Z"), 1000);
         assert_eq!(runs.len(), 50);
@@ -596,10 +493,7 @@ mod tests {
             assert!(r.placed >= r.nominal && r.placed < r.nominal + chrono::Duration::minutes(10));
             distinct.insert(r.placed.timestamp() / 60);
         }
-        assert!(
-            distinct.len() >= 8,
-            "runs spread over the window: {distinct:?}"
-        );
+        assert!(distinct.len() >= 8, "runs spread over the window: {distinct:?}");
     }
 
     #[test]
@@ -612,10 +506,7 @@ mod tests {
             t.next_deadline().expect("deadline")
         };
         let offset = placed_first - utc("2026-12-04T10:00:00Z");
-        assert!(
-            offset > chrono::Duration::zero(),
-            "this key has a non-zero offset"
-        );
+        assert!(offset > chrono::Duration::zero(), "this key has a non-zero offset");
         // Start between the nominal time and the placed time: the run is still pending.
         timer.apply(&spread, utc("2026-12-04T10:00:00Z") + offset / 2);
         assert_eq!(timer.next_deadline(), Some(placed_first));
@@ -625,27 +516,16 @@ mod tests {
     fn a_resync_adds_changes_and_removes_without_touching_the_rest() {
         let mut timer = Timer::new(Strategy::None);
         let now = utc("2026-12-04T10:00:00.5Z");
-        let d = timer.apply(
-            &catalog(&[("a", "*/10 * * * * *", None), ("b", "*/10 * * * * *", None)]),
-            now,
-        );
+        let d = timer.apply(&catalog(&[("a", "*/10 * * * * *", None), ("b", "*/10 * * * * *", None)]), now);
         assert_eq!((d.added, d.changed, d.removed), (2, 0, 0));
-        let d = timer.apply(
-            &catalog(&[("a", "*/10 * * * * *", None), ("c", "*/5 * * * * *", None)]),
-            now,
-        );
+        let d = timer.apply(&catalog(&[("a", "*/10 * * * * *", None), ("c", "*/5 * * * * *", None)]), now);
         assert_eq!((d.added, d.removed, d.unchanged), (1, 1, 1));
-        let d = timer.apply(
-            &catalog(&[("a", "*/20 * * * * *", None), ("c", "*/5 * * * * *", None)]),
-            now,
-        );
+        let d = timer.apply(&catalog(&[("a", "*/20 * * * * *", None), ("c", "*/5 * * * * *", None)]), now);
         assert_eq!((d.changed, d.unchanged), (1, 1));
         assert_eq!(timer.len(), 2);
         let runs = drive(&mut timer, now, utc("2026-12-04T10:00:20Z"), 100);
-        let names: Vec<_> = runs
-            .iter()
-            .map(|r| format!("{}@{}", r.schedule.key.query_id, r.nominal.timestamp() % 60))
-            .collect();
+        let names: Vec<_> =
+            runs.iter().map(|r| format!("{}@{}", r.schedule.key.query_id, r.nominal.timestamp() % 60)).collect();
         assert_eq!(names, vec!["c@5", "c@10", "c@15", "a@20", "c@20"]);
     }
 }

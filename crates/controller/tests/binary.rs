@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 fn controller() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_controller"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    c.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
     c
 }
 
@@ -21,11 +20,7 @@ fn check_config_prints_every_problem_and_exits_non_zero() {
         .expect("runs");
     assert_eq!(out.status.code(), Some(2));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for key in [
-        "platform.base_url",
-        "platform.page_size",
-        "pubsub.jobs_topic",
-    ] {
+    for key in ["platform.base_url", "platform.page_size", "pubsub.jobs_topic"] {
         assert!(stdout.contains(key), "{key} not reported:\n{stdout}");
     }
 }
@@ -33,31 +28,16 @@ fn check_config_prints_every_problem_and_exits_non_zero() {
 #[test]
 fn check_config_accepts_the_shipped_configurations() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-    for file in [
-        "config/controller.toml",
-        "deploy/base/config/controller.toml",
-    ] {
-        let out = controller()
-            .current_dir(root)
-            .args(["--config", file, "check-config"])
-            .output()
-            .expect("runs");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    for file in ["config/controller.toml", "deploy/base/config/controller.toml"] {
+        let out = controller().current_dir(root).args(["--config", file, "check-config"]).output().expect("runs");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "{file}: {text}");
     }
 }
 
 #[test]
 fn a_typo_in_a_key_is_named() {
-    let out = controller()
-        .arg("check-config")
-        .env("CONTROLLER_CATALOG__SYNC_INTERVALL", "5s")
-        .output()
-        .expect("runs");
+    let out = controller().arg("check-config").env("CONTROLLER_CATALOG__SYNC_INTERVALL", "5s").output().expect("runs");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("sync_intervall"));
 }
@@ -72,10 +52,7 @@ fn sigterm_stops_the_controller_cleanly_and_logs_are_json() {
         .env("PUBSUB_EMULATOR_HOST", emulator)
         .env("CONTROLLER_PLATFORM__SOURCE", "file")
         .env("CONTROLLER_PLATFORM__CATALOG_FILE", "examples/catalog.yaml")
-        .env(
-            "CONTROLLER_PUBSUB__PROJECT",
-            format!("binary-{}", std::process::id()),
-        )
+        .env("CONTROLLER_PUBSUB__PROJECT", format!("binary-{}", std::process::id()))
         .env("CONTROLLER_PUBSUB__CREATE_TOPICS", "true")
         .env("CONTROLLER_ADMIN__LISTEN", "127.0.0.1:0")
         .env("CONTROLLER_LOG__FORMAT", "json")
@@ -88,36 +65,20 @@ fn sigterm_stops_the_controller_cleanly_and_logs_are_json() {
     let mut seen = Vec::new();
     for line in lines.by_ref() {
         let line = line.expect("line");
-        let json: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         seen.push(json.clone());
         if json["message"] == "catalog synced" {
             assert_eq!(json["schedules"], 3, "{json}");
             break;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no sync within a minute: {seen:#?}"
-        );
+        assert!(started.elapsed() < Duration::from_secs(60), "no sync within a minute: {seen:#?}");
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
     assert!(status.success());
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let exit = child.wait().expect("exits");
     assert_eq!(exit.code(), Some(0), "{rest:#?}");
-    assert!(
-        rest.iter().any(|l| l.contains("controller stopped")),
-        "{rest:#?}"
-    );
-    let skipped = seen
-        .iter()
-        .find(|j| j["message"] == "catalog item skipped")
-        .expect("the broken cron is reported");
-    assert_eq!(
-        (skipped["tenant_id"].as_str(), skipped["field"].as_str()),
-        (Some("globex"), Some("schedule"))
-    );
+    assert!(rest.iter().any(|l| l.contains("controller stopped")), "{rest:#?}");
+    let skipped = seen.iter().find(|j| j["message"] == "catalog item skipped").expect("the broken cron is reported");
+    assert_eq!((skipped["tenant_id"].as_str(), skipped["field"].as_str()), (Some("globex"), Some("schedule")));
 }

@@ -32,11 +32,7 @@ pub fn unique(prefix: &str) -> String {
 
 /// The process environment the applications see: only the emulator host.
 pub fn app_env() -> HashMap<String, String> {
-    [(
-        pubsub_bus::EMULATOR_HOST_VAR.to_owned(),
-        required_env("PUBSUB_EMULATOR_HOST"),
-    )]
-    .into()
+    [(pubsub_bus::EMULATOR_HOST_VAR.to_owned(), required_env("PUBSUB_EMULATOR_HOST"))].into()
 }
 
 /// A connection to the emulator in a project of its own.
@@ -48,9 +44,7 @@ pub fn emulator(project: &str) -> Connection {
 pub async fn tap(conn: &Connection, topic: &str) -> String {
     conn.ensure_topic(topic).await.expect("create topic");
     let sub = format!("{topic}-tap");
-    conn.ensure_subscription(&SubscriptionSpec::plain(&sub, topic))
-        .await
-        .expect("create tap subscription");
+    conn.ensure_subscription(&SubscriptionSpec::plain(&sub, topic)).await.expect("create tap subscription");
     sub
 }
 
@@ -70,19 +64,14 @@ pub async fn read_until(
     done: impl Fn(&[Received]) -> bool,
 ) -> Vec<Received> {
     let subscriber = conn.subscriber().await.expect("subscriber");
-    let mut stream = subscriber
-        .subscribe(conn.subscription_path(subscription))
-        .build();
+    let mut stream = subscriber.subscribe(conn.subscription_path(subscription)).build();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut got = Vec::new();
     while !done(&got) {
         match tokio::time::timeout_at(deadline, stream.next()).await {
             Ok(Some(Ok((m, h)))) => {
                 h.ack();
-                got.push(Received {
-                    data: m.data.to_vec(),
-                    attributes: m.attributes.clone(),
-                });
+                got.push(Received { data: m.data.to_vec(), attributes: m.attributes.clone() });
             }
             Ok(Some(Err(e))) => panic!("reading {subscription} failed: {e}"),
             Ok(None) | Err(_) => break,
@@ -103,10 +92,7 @@ impl TestDb {
         let admin_url = required_env("TEST_DATABASE_URL");
         let name = unique("db").replace('-', "_");
         let admin = connect(&admin_url).await;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create database");
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
         let url = match admin_url.rsplit_once('/') {
             Some((base, _)) => format!("{base}/{name}"),
             None => panic!("TEST_DATABASE_URL {admin_url:?} has no database part"),
@@ -118,9 +104,8 @@ impl TestDb {
 
 /// Connects and drives the connection in the background.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to PostgreSQL");
+    let (client, connection) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect to PostgreSQL");
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -147,9 +132,7 @@ where
 
 /// GETs an admin endpoint and returns the status and body.
 pub async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let resp = reqwest::get(format!("http://{addr}{path}"))
-        .await
-        .expect("admin endpoint answers");
+    let resp = reqwest::get(format!("http://{addr}{path}")).await.expect("admin endpoint answers");
     let status = resp.status().as_u16();
     (status, resp.text().await.expect("body"))
 }

@@ -47,17 +47,12 @@ pub struct FakePlatform {
 impl FakePlatform {
     /// Starts the server on 127.0.0.1 with an empty catalog; it stops with the runtime.
     pub async fn start(token: &str) -> FakePlatform {
-        let inner = Arc::new(Mutex::new(Inner {
-            token: token.to_owned(),
-            ..Inner::default()
-        }));
+        let inner = Arc::new(Mutex::new(Inner { token: token.to_owned(), ..Inner::default() }));
         let app = Router::new()
             .route("/v1/tenants", get(tenants))
             .route("/v1/tenants/{tenant}/apps", get(apps))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind fake platform");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake platform");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -81,11 +76,7 @@ impl FakePlatform {
 
     /// The next requests to `path` get these faults, in order, before the real answer.
     pub fn inject(&self, path: &str, faults: impl IntoIterator<Item = Fault>) {
-        self.lock()
-            .faults
-            .entry(path.to_owned())
-            .or_default()
-            .extend(faults);
+        self.lock().faults.entry(path.to_owned()).or_default().extend(faults);
     }
 
     pub fn requests(&self) -> Vec<Request> {
@@ -108,59 +99,29 @@ fn answer(
     pages: impl FnOnce(&Inner) -> Vec<Vec<Value>>,
 ) -> Response {
     let mut s = inner.lock().unwrap_or_else(|p| p.into_inner());
-    let authorized = headers.get("authorization").and_then(|v| v.to_str().ok())
-        == Some(&format!("Bearer {}", s.token));
+    let authorized = headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {}", s.token));
     let fault = s.faults.get_mut(&path).and_then(VecDeque::pop_front);
     let (status, response) = if !authorized {
-        (
-            401,
-            (
-                StatusCode::UNAUTHORIZED,
-                Json(json!({"error": "bad token"})),
-            )
-                .into_response(),
-        )
+        (401, (StatusCode::UNAUTHORIZED, Json(json!({"error": "bad token"}))).into_response())
     } else if let Some(fault) = fault {
         match fault {
             Fault::Status(code) => {
                 let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 (code.as_u16(), (code, "scripted failure").into_response())
             }
-            Fault::TooManyRequests { retry_after } => (
-                429,
-                (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    [("retry-after", retry_after)],
-                    "slow down",
-                )
-                    .into_response(),
-            ),
+            Fault::TooManyRequests { retry_after } => {
+                (429, (StatusCode::TOO_MANY_REQUESTS, [("retry-after", retry_after)], "slow down").into_response())
+            }
         }
     } else {
         let pages = pages(&s);
-        let index: usize = page_token
-            .as_deref()
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(0);
+        let index: usize = page_token.as_deref().and_then(|t| t.parse().ok()).unwrap_or(0);
         let page = pages.get(index).cloned().unwrap_or_default();
         // The last page says "" (an awkward case of the contract); the others point on.
-        let next = if index + 1 < pages.len() {
-            json!((index + 1).to_string())
-        } else {
-            json!("")
-        };
-        (
-            200,
-            Json(json!({ key: page, "next_page_token": next, "a_future_field": 1 }))
-                .into_response(),
-        )
+        let next = if index + 1 < pages.len() { json!((index + 1).to_string()) } else { json!("") };
+        (200, Json(json!({ key: page, "next_page_token": next, "a_future_field": 1 })).into_response())
     };
-    s.requests.push(Request {
-        at: Instant::now(),
-        path,
-        page_token,
-        status,
-    });
+    s.requests.push(Request { at: Instant::now(), path, page_token, status });
     response
 }
 
@@ -170,14 +131,7 @@ async fn tenants(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let token = q.get("page_token").cloned();
-    answer(
-        &inner,
-        &headers,
-        "/v1/tenants".into(),
-        token,
-        "tenants",
-        |s| s.tenant_pages.clone(),
-    )
+    answer(&inner, &headers, "/v1/tenants".into(), token, "tenants", |s| s.tenant_pages.clone())
 }
 
 async fn apps(
@@ -188,7 +142,5 @@ async fn apps(
 ) -> Response {
     let token = q.get("page_token").cloned();
     let path = format!("/v1/tenants/{tenant}/apps");
-    answer(&inner, &headers, path, token, "apps", |s| {
-        s.app_pages.get(&tenant).cloned().unwrap_or_default()
-    })
+    answer(&inner, &headers, path, token, "apps", |s| s.app_pages.get(&tenant).cloned().unwrap_or_default())
 }

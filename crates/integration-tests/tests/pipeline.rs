@@ -2,9 +2,7 @@
 //! worker → PostgreSQL tenant tables, plus the result events on their topic.
 
 use integration_tests::platform::{FakePlatform, Fault};
-use integration_tests::{
-    TestDb, app_env, emulator, eventually, get, metric, read_until, tap, unique,
-};
+use integration_tests::{TestDb, app_env, emulator, eventually, get, metric, read_until, tap, unique};
 use jobs_core::{JobId, ResultEvent, RunStatus};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,8 +31,7 @@ fn worker_settings(t: &Topics, db: &TestDb) -> worker::Settings {
     s.pubsub.max_backoff = Duration::from_secs(2);
     s.runner.max_in_flight = 4;
     s.runner.grace_period = Duration::from_secs(5);
-    s.engines.get_mut("warehouse").expect("default engine").url =
-        service_kit::Secret::new(db.url.clone());
+    s.engines.get_mut("warehouse").expect("default engine").url = service_kit::Secret::new(db.url.clone());
     s
 }
 
@@ -97,29 +94,18 @@ async fn scheduled_runs_travel_from_the_platform_to_each_tenants_table_exactly_o
             query("huge", "* * * * * *", &format!("SELECT '{}'", "x".repeat(2 * 1024 * 1024))),
         ]})]],
     );
-    platform.inject(
-        "/v1/tenants",
-        [Fault::TooManyRequests {
-            retry_after: "1".into(),
-        }],
-    );
-    platform.inject(
-        "/v1/tenants/globex/apps",
-        [Fault::Status(500), Fault::Status(500)],
-    );
+    platform.inject("/v1/tenants", [Fault::TooManyRequests { retry_after: "1".into() }]);
+    platform.inject("/v1/tenants/globex/apps", [Fault::Status(500), Fault::Status(500)]);
 
     // The worker first: it creates the subscription, so no published run is lost.
     let shutdown_worker = CancellationToken::new();
-    let worker_app = worker::Application::build(worker_settings(&topics, &db), &app_env())
-        .await
-        .expect("worker builds");
+    let worker_app =
+        worker::Application::build(worker_settings(&topics, &db), &app_env()).await.expect("worker builds");
     let worker_admin = worker_app.admin_addr();
     let worker_task = tokio::spawn(worker_app.run_until_stopped(shutdown_worker.clone()));
-    eventually(Duration::from_secs(30), || async {
-        (get(worker_admin, "/readyz").await.0 == 200).then_some(())
-    })
-    .await
-    .expect("worker ready");
+    eventually(Duration::from_secs(30), || async { (get(worker_admin, "/readyz").await.0 == 200).then_some(()) })
+        .await
+        .expect("worker ready");
 
     let mut settings = controller::Settings::default();
     settings.admin.listen = "127.0.0.1:0".parse().expect("addr");
@@ -130,29 +116,21 @@ async fn scheduled_runs_travel_from_the_platform_to_each_tenants_table_exactly_o
     settings.pubsub.create_topics = true;
     let mut env = app_env();
     env.insert("PLATFORM_API_TOKEN".into(), TOKEN.into());
-    let controller_app = controller::Application::build(settings, &env)
-        .await
-        .expect("controller builds");
+    let controller_app = controller::Application::build(settings, &env).await.expect("controller builds");
     let controller_admin = controller_app.admin_addr();
     let shutdown_controller = CancellationToken::new();
-    let controller_task =
-        tokio::spawn(controller_app.run_until_stopped(shutdown_controller.clone()));
-    eventually(Duration::from_secs(30), || async {
-        (get(controller_admin, "/readyz").await.0 == 200).then_some(())
-    })
-    .await
-    .expect("controller ready");
+    let controller_task = tokio::spawn(controller_app.run_until_stopped(shutdown_controller.clone()));
+    eventually(Duration::from_secs(30), || async { (get(controller_admin, "/readyz").await.0 == 200).then_some(()) })
+        .await
+        .expect("controller ready");
 
     // Let the schedules fire for a while, then stop the controller.
     tokio::time::sleep(Duration::from_secs(7)).await;
     let (_, metrics_after) = get(controller_admin, "/metrics").await;
     shutdown_controller.cancel();
-    controller_task
-        .await
-        .expect("join")
-        .expect("controller stops cleanly");
-    let published_metric = metric(&metrics_after, "controller_runs_published_total")
-        .expect("published metric") as usize;
+    controller_task.await.expect("join").expect("controller stops cleanly");
+    let published_metric =
+        metric(&metrics_after, "controller_runs_published_total").expect("published metric") as usize;
 
     // What was published, read from a tap on the jobs topic (deduplicated by job id).
     let job_messages = read_until(&bus, &jobs_tap, Duration::from_secs(5), |_| false).await;
@@ -160,11 +138,7 @@ async fn scheduled_runs_travel_from_the_platform_to_each_tenants_table_exactly_o
         .iter()
         .map(|m| {
             let job = jobs_core::JobMessage::decode(&m.data).expect("job message decodes");
-            assert_eq!(
-                m.attributes.get("job_id"),
-                Some(&job.job_id.to_string()),
-                "attributes carry the job id"
-            );
+            assert_eq!(m.attributes.get("job_id"), Some(&job.job_id.to_string()), "attributes carry the job id");
             assert_eq!(m.attributes.get("tenant_id"), Some(&job.tenant_id));
             job.job_id.to_string()
         })
@@ -175,54 +149,30 @@ async fn scheduled_runs_travel_from_the_platform_to_each_tenants_table_exactly_o
         "runs fired: {published} (metric said {published_metric} before the stop)"
     );
 
-    for (field, n) in [
-        ("schedule", 1.0),
-        ("engine", 1.0),
-        ("sql", 1.0),
-        ("id", 1.0),
-    ] {
+    for (field, n) in [("schedule", 1.0), ("engine", 1.0), ("sql", 1.0), ("id", 1.0)] {
         let line = format!("controller_catalog_problems_total{{kind=\"query\",field=\"{field}\"}}");
-        assert_eq!(
-            metric(&metrics_after, &line),
-            Some(n),
-            "{line} in\n{metrics_after}"
-        );
+        assert_eq!(metric(&metrics_after, &line), Some(n), "{line} in\n{metrics_after}");
     }
-    assert_eq!(
-        metric(&metrics_after, "controller_schedules"),
-        Some(2.0),
-        "the two valid queries are scheduled"
-    );
+    assert_eq!(metric(&metrics_after, "controller_schedules"), Some(2.0), "the two valid queries are scheduled");
 
     // One result event per published run, each succeeded.
-    let events: Vec<ResultEvent> = read_until(&bus, &results_tap, Duration::from_secs(60), |got| {
-        got.len() >= published
-    })
-    .await
-    .iter()
-    .map(|r| ResultEvent::decode(&r.data).expect("result event decodes"))
-    .collect();
+    let events: Vec<ResultEvent> =
+        read_until(&bus, &results_tap, Duration::from_secs(60), |got| got.len() >= published)
+            .await
+            .iter()
+            .map(|r| ResultEvent::decode(&r.data).expect("result event decodes"))
+            .collect();
     let extra = read_until(&bus, &results_tap, Duration::from_secs(2), |_| false).await;
-    assert!(
-        extra.is_empty(),
-        "no second result event for any run: {} extra",
-        extra.len()
-    );
+    assert!(extra.is_empty(), "no second result event for any run: {} extra", extra.len());
     let ids: BTreeSet<String> = events.iter().map(|e| e.job_id.to_string()).collect();
     assert_eq!(ids, published_ids, "one result event per published run");
-    assert!(
-        events
-            .iter()
-            .all(|e| e.status == RunStatus::Succeeded && e.rows_written == 1),
-        "{events:#?}"
-    );
+    assert!(events.iter().all(|e| e.status == RunStatus::Succeeded && e.rows_written == 1), "{events:#?}");
 
     // Every run's row landed exactly once, in its own tenant's table, with its own window.
     let mut runs_per_tenant: BTreeMap<String, usize> = BTreeMap::new();
-    for (tenant, app, query, step, orders) in [
-        ("acme", "shop", "every-2s", 2, 3i64),
-        ("globex", "ops", "every-3s", 3, 5),
-    ] {
+    for (tenant, app, query, step, orders) in
+        [("acme", "shop", "every-2s", 2, 3i64), ("globex", "ops", "every-3s", 3, 5)]
+    {
         let rows = db
             .client
             .query(
@@ -235,14 +185,9 @@ async fn scheduled_runs_travel_from_the_platform_to_each_tenants_table_exactly_o
         for row in &rows {
             let job_id: String = row.get(0);
             let (row_tenant, n): (String, i64) = (row.get(1), row.get(2));
-            let (start, end): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
-                (row.get(3), row.get(4));
+            let (start, end): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) = (row.get(3), row.get(4));
             assert!(seen.insert(job_id.clone()), "run {job_id} written twice");
-            assert_eq!(
-                (row_tenant.as_str(), n),
-                (tenant, orders),
-                "the tenant's own data"
-            );
+            assert_eq!((row_tenant.as_str(), n), (tenant, orders), "the tenant's own data");
             assert_eq!(
                 job_id,
                 JobId::for_run(tenant, app, query, end).to_string(),
@@ -259,24 +204,15 @@ async fn scheduled_runs_travel_from_the_platform_to_each_tenants_table_exactly_o
         published,
         "every published run is in a table: {runs_per_tenant:?}"
     );
-    assert!(
-        runs_per_tenant.values().all(|&n| n >= 2),
-        "{runs_per_tenant:?}"
-    );
+    assert!(runs_per_tenant.values().all(|&n| n >= 2), "{runs_per_tenant:?}");
 
     let (_, worker_metrics) = get(worker_admin, "/metrics").await;
     assert_eq!(
-        metric(
-            &worker_metrics,
-            "worker_jobs_total{outcome=\"succeeded\",error_class=\"none\"}"
-        ),
+        metric(&worker_metrics, "worker_jobs_total{outcome=\"succeeded\",error_class=\"none\"}"),
         Some(published as f64)
     );
     shutdown_worker.cancel();
-    worker_task
-        .await
-        .expect("join")
-        .expect("worker stops cleanly");
+    worker_task.await.expect("join").expect("worker stops cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -290,20 +226,12 @@ async fn a_resync_adds_changes_and_removes_schedules_without_a_restart() {
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("catalog.yaml");
     let write_catalog = |queries: &[(&str, &str)]| {
-        let qs: Vec<_> = queries
-            .iter()
-            .map(|(id, cron)| query(id, cron, "SELECT 1 AS one"))
-            .collect();
+        let qs: Vec<_> = queries.iter().map(|(id, cron)| query(id, cron, "SELECT 1 AS one")).collect();
         let doc = json!({"tenants": [{"id": "acme", "status": "active", "apps": [{"id": "shop", "queries": qs}]}]});
         // YAML is a superset of JSON; the .yaml extension exercises the YAML reader.
-        std::fs::write(&file, serde_json::to_string_pretty(&doc).expect("json"))
-            .expect("write catalog");
+        std::fs::write(&file, serde_json::to_string_pretty(&doc).expect("json")).expect("write catalog");
     };
-    write_catalog(&[
-        ("kept", "* * * * * *"),
-        ("removed", "* * * * * *"),
-        ("changed", "0 0 1 1 *"),
-    ]);
+    write_catalog(&[("kept", "* * * * * *"), ("removed", "* * * * * *"), ("changed", "0 0 1 1 *")]);
 
     let mut settings = controller::Settings::default();
     settings.admin.listen = "127.0.0.1:0".parse().expect("addr");
@@ -312,100 +240,56 @@ async fn a_resync_adds_changes_and_removes_schedules_without_a_restart() {
     settings.catalog.sync_interval = Duration::from_secs(1);
     settings.pubsub.project = project;
     settings.pubsub.jobs_topic = jobs;
-    let app = controller::Application::build(settings, &app_env())
-        .await
-        .expect("builds");
+    let app = controller::Application::build(settings, &app_env()).await.expect("builds");
     let admin = app.admin_addr();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    eventually(Duration::from_secs(30), || async {
-        (get(admin, "/readyz").await.0 == 200).then_some(())
-    })
-    .await
-    .expect("controller ready");
+    eventually(Duration::from_secs(30), || async { (get(admin, "/readyz").await.0 == 200).then_some(()) })
+        .await
+        .expect("controller ready");
     // The schedule API: next fire times and placement, JSON errors for unknown ids.
     let (status, body) = get(admin, "/v1/schedules/acme/shop/kept?next=3").await;
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     let next = v["next"].as_array().expect("next");
     assert_eq!(next.len(), 3, "{body}");
-    let nominal = |i: usize| {
-        chrono::DateTime::parse_from_rfc3339(next[i]["nominal"].as_str().expect("nominal"))
-            .expect("time")
-    };
+    let nominal =
+        |i: usize| chrono::DateTime::parse_from_rfc3339(next[i]["nominal"].as_str().expect("nominal")).expect("time");
     assert_eq!((nominal(1) - nominal(0)).num_seconds(), 1, "{body}");
     assert_eq!(v["schedule"], "* * * * * *");
     let (status, body) = get(admin, "/v1/tenants/acme/schedules").await;
     assert_eq!(status, 200);
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&body).expect("json")["schedules"]
-            .as_array()
-            .map(Vec::len),
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["schedules"].as_array().map(Vec::len),
         Some(3)
     );
     let (status, body) = get(admin, "/v1/schedules/acme/shop/nope").await;
     assert_eq!(status, 404);
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&body).expect("json")["code"],
-        "not_found"
-    );
-    assert_eq!(
-        get(admin, "/v1/schedules/acme/shop/kept?next=1000").await.0,
-        400
-    );
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).expect("json")["code"], "not_found");
+    assert_eq!(get(admin, "/v1/schedules/acme/shop/kept?next=1000").await.0, 400);
 
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    write_catalog(&[
-        ("kept", "* * * * * *"),
-        ("changed", "* * * * * *"),
-        ("added", "* * * * * *"),
-    ]);
+    write_catalog(&[("kept", "* * * * * *"), ("changed", "* * * * * *"), ("added", "* * * * * *")]);
     let changed_at = chrono::Utc::now();
     tokio::time::sleep(Duration::from_millis(4500)).await;
     shutdown.cancel();
     task.await.expect("join").expect("stops cleanly");
 
-    let jobs: Vec<jobs_core::JobMessage> =
-        read_until(&bus, &jobs_tap, Duration::from_secs(3), |_| false)
-            .await
-            .iter()
-            .map(|m| jobs_core::JobMessage::decode(&m.data).expect("decodes"))
-            .collect();
+    let jobs: Vec<jobs_core::JobMessage> = read_until(&bus, &jobs_tap, Duration::from_secs(3), |_| false)
+        .await
+        .iter()
+        .map(|m| jobs_core::JobMessage::decode(&m.data).expect("decodes"))
+        .collect();
     let nominal = |q: &str| -> Vec<chrono::DateTime<chrono::Utc>> {
-        jobs.iter()
-            .filter(|j| j.query_id == q)
-            .map(|j| j.nominal_time)
-            .collect()
+        jobs.iter().filter(|j| j.query_id == q).map(|j| j.nominal_time).collect()
     };
     let grace = chrono::Duration::seconds(2);
-    assert!(
-        nominal("kept").len() >= 5,
-        "kept keeps firing: {:?}",
-        nominal("kept")
-    );
-    assert!(
-        !nominal("removed").is_empty(),
-        "removed fired before the change"
-    );
-    assert!(
-        nominal("removed").iter().all(|t| *t <= changed_at + grace),
-        "removed stops after the re-sync"
-    );
-    assert!(
-        nominal("changed").len() >= 2,
-        "the changed cron takes effect: {:?}",
-        nominal("changed")
-    );
-    assert!(
-        nominal("added").len() >= 2,
-        "added starts firing: {:?}",
-        nominal("added")
-    );
-    assert!(
-        nominal("added")
-            .iter()
-            .all(|t| *t >= changed_at - chrono::Duration::seconds(1))
-    );
+    assert!(nominal("kept").len() >= 5, "kept keeps firing: {:?}", nominal("kept"));
+    assert!(!nominal("removed").is_empty(), "removed fired before the change");
+    assert!(nominal("removed").iter().all(|t| *t <= changed_at + grace), "removed stops after the re-sync");
+    assert!(nominal("changed").len() >= 2, "the changed cron takes effect: {:?}", nominal("changed"));
+    assert!(nominal("added").len() >= 2, "added starts firing: {:?}", nominal("added"));
+    assert!(nominal("added").iter().all(|t| *t >= changed_at - chrono::Duration::seconds(1)));
     let ids: BTreeSet<_> = jobs.iter().map(|j| j.job_id.clone()).collect();
     assert_eq!(ids.len(), jobs.len(), "no run was published twice");
 }

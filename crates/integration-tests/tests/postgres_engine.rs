@@ -9,9 +9,7 @@ use worker::engines::Engine;
 use worker::engines::postgres::PostgresEngine;
 
 fn at(h: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 12, 4, h, 0, 0)
-        .single()
-        .expect("valid")
+    Utc.with_ymd_and_hms(2026, 12, 4, h, 0, 0).single().expect("valid")
 }
 
 fn job(tenant: &str, sql: &str, nominal: DateTime<Utc>) -> JobMessage {
@@ -57,8 +55,7 @@ async fn two_tenants() -> (TestDb, PostgresEngine) {
             .await
             .expect("seed");
     }
-    let engine = PostgresEngine::new(&Secret::new(db.url.clone()), 4, "tenant_{tenant_id}", 1000)
-        .expect("engine");
+    let engine = PostgresEngine::new(&Secret::new(db.url.clone()), 4, "tenant_{tenant_id}", 1000).expect("engine");
     (db, engine)
 }
 
@@ -69,61 +66,41 @@ async fn rows(db: &TestDb, sql: &str) -> Vec<tokio_postgres::Row> {
 #[tokio::test]
 async fn a_query_reads_its_own_tenants_window_and_writes_into_its_schema() {
     let (db, engine) = two_tenants().await;
-    let out = engine
-        .run(&job("acme", REVENUE, at(10)))
-        .await
-        .expect("run");
+    let out = engine.run(&job("acme", REVENUE, at(10))).await.expect("run");
     assert_eq!(out.rows_written, 2);
-    let got = rows(&db, "SELECT store, revenue::text, sales, tenant, window_start, _job_id FROM tenant_acme.revenue ORDER BY store").await;
-    let summary: Vec<(String, String, i32, String)> = got
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect();
+    let got = rows(
+        &db,
+        "SELECT store, revenue::text, sales, tenant, window_start, _job_id FROM tenant_acme.revenue ORDER BY store",
+    )
+    .await;
+    let summary: Vec<(String, String, i32, String)> =
+        got.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
     assert_eq!(
         summary,
-        vec![
-            ("north".into(), "30.25".into(), 2, "acme".into()),
-            ("south".into(), "30.00".into(), 1, "acme".into())
-        ],
+        vec![("north".into(), "30.25".into(), 2, "acme".into()), ("south".into(), "30.00".into(), 1, "acme".into())],
         "only the 09:00-10:00 window of acme, exact numerics"
     );
     assert_eq!(got[0].get::<_, DateTime<Utc>>(4), at(9));
-    assert_eq!(
-        got[0].get::<_, String>(5),
-        job("acme", REVENUE, at(10)).job_id.to_string()
-    );
-    let globex = rows(&db, "SELECT 1 FROM information_schema.tables WHERE table_schema = 'tenant_globex' AND table_name = 'revenue'").await;
-    assert!(
-        globex.is_empty(),
-        "nothing is written into another tenant's schema"
-    );
+    assert_eq!(got[0].get::<_, String>(5), job("acme", REVENUE, at(10)).job_id.to_string());
+    let globex = rows(
+        &db,
+        "SELECT 1 FROM information_schema.tables WHERE table_schema = 'tenant_globex' AND table_name = 'revenue'",
+    )
+    .await;
+    assert!(globex.is_empty(), "nothing is written into another tenant's schema");
 }
 
 #[tokio::test]
 async fn a_redelivered_run_replaces_its_rows_instead_of_appending() {
     let (db, engine) = two_tenants().await;
     for _ in 0..3 {
-        engine
-            .run(&job("acme", REVENUE, at(10)))
-            .await
-            .expect("run");
+        engine.run(&job("acme", REVENUE, at(10))).await.expect("run");
     }
-    let next = engine
-        .run(&job("acme", REVENUE, at(11)))
-        .await
-        .expect("next run");
+    let next = engine.run(&job("acme", REVENUE, at(11))).await.expect("next run");
     assert_eq!(next.rows_written, 0, "the 10:00-11:00 window has no sales");
-    let per_run = rows(
-        &db,
-        "SELECT _job_id, count(*) FROM tenant_acme.revenue GROUP BY _job_id",
-    )
-    .await;
+    let per_run = rows(&db, "SELECT _job_id, count(*) FROM tenant_acme.revenue GROUP BY _job_id").await;
     let counts: Vec<(String, i64)> = per_run.iter().map(|r| (r.get(0), r.get(1))).collect();
-    assert_eq!(
-        counts,
-        vec![(job("acme", REVENUE, at(10)).job_id.to_string(), 2)],
-        "one copy of the run's rows"
-    );
+    assert_eq!(counts, vec![(job("acme", REVENUE, at(10)).job_id.to_string(), 2)], "one copy of the run's rows");
 }
 
 #[tokio::test]
@@ -146,30 +123,17 @@ async fn concurrent_deliveries_of_one_run_write_it_once() {
 #[tokio::test]
 async fn sql_errors_are_permanent_and_name_the_problem() {
     let (_db, engine) = two_tenants().await;
-    let err = engine
-        .run(&job("acme", "SELECT * FROM no_such_table", at(10)))
-        .await
-        .expect_err("fails");
+    let err = engine.run(&job("acme", "SELECT * FROM no_such_table", at(10))).await.expect_err("fails");
     assert_eq!(err.class, ErrorClass::Permanent);
-    assert!(
-        err.message.contains("no_such_table") && err.message.contains("42P01"),
-        "{}",
-        err.message
-    );
-    let err = engine
-        .run(&job("acme", "SELEC 1", at(10)))
-        .await
-        .expect_err("fails");
+    assert!(err.message.contains("no_such_table") && err.message.contains("42P01"), "{}", err.message);
+    let err = engine.run(&job("acme", "SELEC 1", at(10))).await.expect_err("fails");
     assert_eq!(err.class, ErrorClass::Permanent);
 }
 
 #[tokio::test]
 async fn a_query_cannot_modify_data() {
     let (db, engine) = two_tenants().await;
-    let err = engine
-        .run(&job("acme", "DELETE FROM sales RETURNING store", at(10)))
-        .await
-        .expect_err("read-only");
+    let err = engine.run(&job("acme", "DELETE FROM sales RETURNING store", at(10))).await.expect_err("read-only");
     assert_eq!(err.class, ErrorClass::Permanent);
     assert!(err.message.contains("read-only"), "{}", err.message);
     let n: i64 = rows(&db, "SELECT count(*) FROM tenant_acme.sales").await[0].get(0);
@@ -190,10 +154,7 @@ async fn a_statement_timeout_is_retryable() {
 async fn parameters_are_bound_not_spliced() {
     let (db, engine) = two_tenants().await;
     // A tenant id that would break out of a spliced string literal.
-    db.client
-        .batch_execute("CREATE SCHEMA \"tenant_x'; DROP TABLE tenant_acme.sales; --\"")
-        .await
-        .expect("schema");
+    db.client.batch_execute("CREATE SCHEMA \"tenant_x'; DROP TABLE tenant_acme.sales; --\"").await.expect("schema");
     let out = engine
         .run(&job(
             "x'; DROP TABLE tenant_acme.sales; --",
@@ -210,21 +171,13 @@ async fn parameters_are_bound_not_spliced() {
 #[tokio::test]
 async fn unsupported_column_types_and_duplicate_names_are_explained() {
     let (_db, engine) = two_tenants().await;
-    let err = engine
-        .run(&job("acme", "SELECT '1 day'::interval AS span", at(10)))
-        .await
-        .expect_err("unsupported");
+    let err = engine.run(&job("acme", "SELECT '1 day'::interval AS span", at(10))).await.expect_err("unsupported");
     assert_eq!(err.class, ErrorClass::Permanent);
     assert!(
-        err.message.contains("span")
-            && err.message.contains("interval")
-            && err.message.contains("cast"),
+        err.message.contains("span") && err.message.contains("interval") && err.message.contains("cast"),
         "{}",
         err.message
     );
-    let err = engine
-        .run(&job("acme", "SELECT 1, 2", at(10)))
-        .await
-        .expect_err("duplicate");
+    let err = engine.run(&job("acme", "SELECT 1, 2", at(10))).await.expect_err("duplicate");
     assert!(err.message.contains("alias"), "{}", err.message);
 }

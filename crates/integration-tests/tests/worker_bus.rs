@@ -2,9 +2,7 @@
 //! in the dead-letter topic with its reason, and a result event says what happened.
 
 use chrono::Utc;
-use integration_tests::{
-    Received, TestDb, app_env, emulator, eventually, get, metric, read_until, tap, unique,
-};
+use integration_tests::{Received, TestDb, app_env, emulator, eventually, get, metric, read_until, tap, unique};
 use jobs_core::{JobId, JobMessage, Overlap, ResultEvent, RunStatus, Trigger, attributes as attr};
 use pubsub_bus::TopicPublisher;
 use std::collections::HashMap;
@@ -46,31 +44,15 @@ async fn start_worker() -> Harness {
     s.pubsub.max_backoff = Duration::from_secs(1);
     s.runner.grace_period = Duration::from_secs(2);
     s.engines.get_mut("warehouse").expect("engine").url = service_kit::Secret::new(db.url.clone());
-    let app = worker::Application::build(s, &app_env())
-        .await
-        .expect("worker builds");
+    let app = worker::Application::build(s, &app_env()).await.expect("worker builds");
     let admin = app.admin_addr();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    eventually(Duration::from_secs(30), || async {
-        (get(admin, "/readyz").await.0 == 200).then_some(())
-    })
-    .await
-    .expect("worker ready");
-    let jobs = bus
-        .publisher(&jobs, Duration::from_secs(10))
+    eventually(Duration::from_secs(30), || async { (get(admin, "/readyz").await.0 == 200).then_some(()) })
         .await
-        .expect("publisher");
-    Harness {
-        bus,
-        jobs,
-        results_tap,
-        dead_tap,
-        admin,
-        db,
-        shutdown,
-        task,
-    }
+        .expect("worker ready");
+    let jobs = bus.publisher(&jobs, Duration::from_secs(10)).await.expect("publisher");
+    Harness { bus, jobs, results_tap, dead_tap, admin, db, shutdown, task }
 }
 
 fn job(query_id: &str, sql: &str) -> JobMessage {
@@ -97,15 +79,11 @@ fn job(query_id: &str, sql: &str) -> JobMessage {
 }
 
 async fn publish(h: &Harness, job: &JobMessage) {
-    h.jobs
-        .publish(job.encode(), job.attributes())
-        .await
-        .expect("publish");
+    h.jobs.publish(job.encode(), job.attributes()).await.expect("publish");
 }
 
 fn by_job_id<'a>(msgs: &'a [Received], id: &str) -> Option<&'a Received> {
-    msgs.iter()
-        .find(|m| m.attributes.get(attr::JOB_ID).map(String::as_str) == Some(id))
+    msgs.iter().find(|m| m.attributes.get(attr::JOB_ID).map(String::as_str) == Some(id))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -114,19 +92,10 @@ async fn poison_and_failing_messages_end_in_the_dead_letter_topic_with_their_rea
 
     // Two undecodable messages, a permanent SQL error, an unknown engine, a run that times
     // out on both of its attempts, and one good run.
-    h.jobs
-        .publish(b"{not json".to_vec(), [(attr::JOB_ID, "garbage")])
-        .await
-        .expect("publish");
+    h.jobs.publish(b"{not json".to_vec(), [(attr::JOB_ID, "garbage")]).await.expect("publish");
     let mut future = serde_json::to_value(job("future", "SELECT 1 AS x")).expect("json");
     future["schema_version"] = "9.0".into();
-    h.jobs
-        .publish(
-            serde_json::to_vec(&future).expect("json"),
-            [(attr::JOB_ID, "future")],
-        )
-        .await
-        .expect("publish");
+    h.jobs.publish(serde_json::to_vec(&future).expect("json"), [(attr::JOB_ID, "future")]).await.expect("publish");
     let bad_sql = job("bad-sql", "SELECT * FROM missing_table");
     publish(&h, &bad_sql).await;
     let mut bad_engine = job("bad-engine", "SELECT 1 AS x");
@@ -137,26 +106,15 @@ async fn poison_and_failing_messages_end_in_the_dead_letter_topic_with_their_rea
     let good = job("good", "SELECT count(*) AS n FROM orders");
     publish(&h, &good).await;
 
-    let dead = read_until(&h.bus, &h.dead_tap, Duration::from_secs(60), |got| {
-        got.len() >= 5
-    })
-    .await;
+    let dead = read_until(&h.bus, &h.dead_tap, Duration::from_secs(60), |got| got.len() >= 5).await;
     let reason = |id: &str| {
-        let m =
-            by_job_id(&dead, id).unwrap_or_else(|| panic!("{id} was not dead-lettered: {dead:#?}"));
-        (
-            m.attributes[attr::DEAD_LETTER_REASON].clone(),
-            m.attributes[attr::DEAD_LETTER_ERROR].clone(),
-            m,
-        )
+        let m = by_job_id(&dead, id).unwrap_or_else(|| panic!("{id} was not dead-lettered: {dead:#?}"));
+        (m.attributes[attr::DEAD_LETTER_REASON].clone(), m.attributes[attr::DEAD_LETTER_ERROR].clone(), m)
     };
     let (r, e, m) = reason("garbage");
     assert_eq!(r, "decode_error");
     assert!(e.contains("not valid JSON"), "{e}");
-    assert_eq!(
-        m.data, b"{not json",
-        "the original body is kept for inspection"
-    );
+    assert_eq!(m.data, b"{not json", "the original body is kept for inspection");
     let (r, e, _) = reason("future");
     assert_eq!(r, "decode_error");
     assert!(e.contains("schema_version \"9.0\""), "{e}");
@@ -168,70 +126,32 @@ async fn poison_and_failing_messages_end_in_the_dead_letter_topic_with_their_rea
     assert!(e.contains("oracle"), "{e}");
     let (r, e, m) = reason(slow.job_id.as_str());
     assert_eq!(r, "attempts_exhausted", "{e}");
-    assert_eq!(
-        m.attributes[attr::DEAD_LETTER_ATTEMPT],
-        "2",
-        "dead-lettered at max_attempts, not before"
-    );
-    assert!(
-        by_job_id(&dead, good.job_id.as_str()).is_none(),
-        "the good run is not dead-lettered"
-    );
+    assert_eq!(m.attributes[attr::DEAD_LETTER_ATTEMPT], "2", "dead-lettered at max_attempts, not before");
+    assert!(by_job_id(&dead, good.job_id.as_str()).is_none(), "the good run is not dead-lettered");
 
     // Result events: failed for the runs that ran and failed, succeeded for the good one.
     let results: HashMap<String, ResultEvent> =
-        read_until(&h.bus, &h.results_tap, Duration::from_secs(30), |got| {
-            got.len() >= 4
-        })
-        .await
-        .iter()
-        .map(|r| ResultEvent::decode(&r.data).expect("decodes"))
-        .map(|e| (e.job_id.to_string(), e))
-        .collect();
+        read_until(&h.bus, &h.results_tap, Duration::from_secs(30), |got| got.len() >= 4)
+            .await
+            .iter()
+            .map(|r| ResultEvent::decode(&r.data).expect("decodes"))
+            .map(|e| (e.job_id.to_string(), e))
+            .collect();
     let ok = &results[good.job_id.as_str()];
-    assert_eq!(
-        (ok.status, ok.rows_written, ok.attempt),
-        (RunStatus::Succeeded, 1, 1)
-    );
+    assert_eq!((ok.status, ok.rows_written, ok.attempt), (RunStatus::Succeeded, 1, 1));
     let failed = &results[bad_sql.job_id.as_str()];
     assert_eq!(failed.status, RunStatus::Failed);
     assert_eq!(failed.error_class, Some(jobs_core::ErrorClass::Permanent));
     assert_eq!(results[slow.job_id.as_str()].attempt, 2);
-    let n: i64 =
-        h.db.client
-            .query_one("SELECT n FROM tenant_acme.out", &[])
-            .await
-            .expect("row")
-            .get(0);
+    let n: i64 = h.db.client.query_one("SELECT n FROM tenant_acme.out", &[]).await.expect("row").get(0);
     assert_eq!(n, 2);
 
     // Still alive, and the outcomes are counted.
     assert_eq!(get(h.admin, "/livez").await.0, 200);
     let (_, m) = get(h.admin, "/metrics").await;
-    assert_eq!(
-        metric(
-            &m,
-            "worker_jobs_total{outcome=\"undecodable\",error_class=\"decode\"}"
-        ),
-        Some(2.0),
-        "{m}"
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "worker_jobs_total{outcome=\"failed\",error_class=\"permanent\"}"
-        ),
-        Some(2.0),
-        "{m}"
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "worker_jobs_total{outcome=\"retried\",error_class=\"retryable\"}"
-        ),
-        Some(1.0),
-        "{m}"
-    );
+    assert_eq!(metric(&m, "worker_jobs_total{outcome=\"undecodable\",error_class=\"decode\"}"), Some(2.0), "{m}");
+    assert_eq!(metric(&m, "worker_jobs_total{outcome=\"failed\",error_class=\"permanent\"}"), Some(2.0), "{m}");
+    assert_eq!(metric(&m, "worker_jobs_total{outcome=\"retried\",error_class=\"retryable\"}"), Some(1.0), "{m}");
     assert_eq!(metric(&m, "worker_dead_lettered_total"), Some(5.0), "{m}");
     h.shutdown.cancel();
     h.task.await.expect("join").expect("stops cleanly");
@@ -240,10 +160,7 @@ async fn poison_and_failing_messages_end_in_the_dead_letter_topic_with_their_rea
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_shutdown_a_run_in_flight_finishes_within_the_grace_period() {
     let h = start_worker().await;
-    let job = job(
-        "finishing",
-        "SELECT pg_sleep(1)::text AS slept, count(*) AS n FROM orders",
-    );
+    let job = job("finishing", "SELECT pg_sleep(1)::text AS slept, count(*) AS n FROM orders");
     let mut job = job;
     job.timeout_secs = 10;
     publish(&h, &job).await;
@@ -255,16 +172,8 @@ async fn on_shutdown_a_run_in_flight_finishes_within_the_grace_period() {
     .expect("the run starts");
     h.shutdown.cancel();
     h.task.await.expect("join").expect("stops cleanly");
-    let results = read_until(&h.bus, &h.results_tap, Duration::from_secs(10), |got| {
-        !got.is_empty()
-    })
-    .await;
+    let results = read_until(&h.bus, &h.results_tap, Duration::from_secs(10), |got| !got.is_empty()).await;
     assert_eq!(results.len(), 1, "the in-flight run finished and reported");
-    let n: i64 =
-        h.db.client
-            .query_one("SELECT n FROM tenant_acme.out", &[])
-            .await
-            .expect("row")
-            .get(0);
+    let n: i64 = h.db.client.query_one("SELECT n FROM tenant_acme.out", &[]).await.expect("row").get(0);
     assert_eq!(n, 2);
 }

@@ -16,13 +16,7 @@ pub struct JobId(String);
 impl JobId {
     pub fn for_run(tenant_id: &str, app_id: &str, query_id: &str, nominal: DateTime<Utc>) -> Self {
         let mut hasher = Sha256::new();
-        for part in [
-            "v1",
-            tenant_id,
-            app_id,
-            query_id,
-            &nominal.to_rfc3339_opts(SecondsFormat::Millis, true),
-        ] {
+        for part in ["v1", tenant_id, app_id, query_id, &nominal.to_rfc3339_opts(SecondsFormat::Millis, true)] {
             hasher.update(part.as_bytes());
             hasher.update([0x1f]);
         }
@@ -51,26 +45,18 @@ mod tests {
     use chrono::TimeZone;
 
     fn at(h: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 3, 29, h, 0, 0)
-            .single()
-            .expect("valid time")
+        Utc.with_ymd_and_hms(2026, 3, 29, h, 0, 0).single().expect("valid time")
     }
 
     #[test]
     fn the_same_run_always_has_the_same_id() {
-        assert_eq!(
-            JobId::for_run("acme", "sales", "hourly", at(1)),
-            JobId::for_run("acme", "sales", "hourly", at(1))
-        );
+        assert_eq!(JobId::for_run("acme", "sales", "hourly", at(1)), JobId::for_run("acme", "sales", "hourly", at(1)));
     }
 
     #[test]
     fn the_id_is_pinned_so_old_and_new_builds_agree() {
         // Cross-checked with Python: sha256("v1\x1facme\x1fsales\x1fhourly\x1f2026-03-29T01:00:00.000Z\x1f")[:32].
-        assert_eq!(
-            JobId::for_run("acme", "sales", "hourly", at(1)).as_str(),
-            "7eed184f3c986dba9fc9cb9af001b138"
-        );
+        assert_eq!(JobId::for_run("acme", "sales", "hourly", at(1)).as_str(), "7eed184f3c986dba9fc9cb9af001b138");
     }
 
     #[test]
@@ -81,20 +67,13 @@ mod tests {
         assert_ne!(base, JobId::for_run("acme", "sales2", "hourly", at(1)));
         assert_ne!(base, JobId::for_run("acme", "sales", "hourly2", at(1)));
         // Moving a character across a boundary must not collide.
-        assert_ne!(
-            JobId::for_run("ab", "c", "q", at(1)),
-            JobId::for_run("a", "bc", "q", at(1))
-        );
+        assert_ne!(JobId::for_run("ab", "c", "q", at(1)), JobId::for_run("a", "bc", "q", at(1)));
     }
 
     #[test]
     fn ids_are_32_lowercase_hex_characters() {
         let id = JobId::for_run("t", "a", "q", at(3));
         assert_eq!(id.as_str().len(), 32);
-        assert!(
-            id.as_str()
-                .chars()
-                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-        );
+        assert!(id.as_str().chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
     }
 }

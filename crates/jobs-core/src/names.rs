@@ -4,16 +4,9 @@
 /// A query id: `[a-z0-9][a-z0-9_-]{0,62}` (the platform contract).
 pub fn check_query_id(id: &str) -> Result<(), String> {
     let mut chars = id.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let rest_ok =
-        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-    if first_ok && rest_ok && id.len() <= 63 {
-        Ok(())
-    } else {
-        Err("must match [a-z0-9][a-z0-9_-]{0,62}".into())
-    }
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if first_ok && rest_ok && id.len() <= 63 { Ok(()) } else { Err("must match [a-z0-9][a-z0-9_-]{0,62}".into()) }
 }
 
 /// A tenant or app id: 1 to 63 characters of `[A-Za-z0-9_.-]`, starting with a letter or
@@ -33,14 +26,10 @@ pub fn check_entity_id(id: &str) -> Result<(), String> {
 /// tenant's own space: no schema qualification, no quoting.
 pub fn check_destination(name: &str) -> Result<(), String> {
     let mut chars = name.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !(first_ok && rest_ok && name.len() <= 63) {
-        return Err(
-            "must be a plain table name [A-Za-z_][A-Za-z0-9_]{0,62} (no schema, no quotes)".into(),
-        );
+        return Err("must be a plain table name [A-Za-z_][A-Za-z0-9_]{0,62} (no schema, no quotes)".into());
     }
     if name.starts_with("pg_") {
         return Err("names starting with pg_ are reserved".into());
@@ -67,15 +56,7 @@ mod tests {
         for ok in ["revenue_by_store", "_t", "T1"] {
             assert!(check_destination(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "public.t",
-            "\"t\"",
-            "t; drop table x",
-            "1t",
-            "pg_class",
-            &"x".repeat(64),
-        ] {
+        for bad in ["", "public.t", "\"t\"", "t; drop table x", "1t", "pg_class", &"x".repeat(64)] {
             assert!(check_destination(bad).is_err(), "{bad}");
         }
     }

@@ -2,14 +2,10 @@
 //! these breaks every deployed worker or consumer: bump the schema version instead.
 
 use chrono::{DateTime, TimeZone, Utc};
-use jobs_core::{
-    DecodeError, ErrorClass, JobId, JobMessage, Overlap, ResultEvent, RunStatus, Trigger,
-};
+use jobs_core::{DecodeError, ErrorClass, JobId, JobMessage, Overlap, ResultEvent, RunStatus, Trigger};
 
 fn t(h: u32, m: u32, s: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 12, 4, h, m, s)
-        .single()
-        .expect("valid time")
+    Utc.with_ymd_and_hms(2026, 12, 4, h, m, s).single().expect("valid time")
 }
 
 fn sample_job() -> JobMessage {
@@ -68,18 +64,15 @@ fn a_job_message_serializes_exactly_as_the_golden_file() {
 
 #[test]
 fn a_result_event_serializes_exactly_as_the_golden_file() {
-    let encoded: serde_json::Value =
-        serde_json::from_slice(&sample_result().encode()).expect("json");
+    let encoded: serde_json::Value = serde_json::from_slice(&sample_result().encode()).expect("json");
     assert_eq!(encoded, golden("result_v1.json"));
 }
 
 #[test]
 fn the_golden_files_decode_back_to_the_same_values() {
-    let job = JobMessage::decode(&serde_json::to_vec(&golden("job_v1.json")).expect("json"))
-        .expect("decode");
+    let job = JobMessage::decode(&serde_json::to_vec(&golden("job_v1.json")).expect("json")).expect("decode");
     assert_eq!(job, sample_job());
-    let result = ResultEvent::decode(&serde_json::to_vec(&golden("result_v1.json")).expect("json"))
-        .expect("decode");
+    let result = ResultEvent::decode(&serde_json::to_vec(&golden("result_v1.json")).expect("json")).expect("decode");
     assert_eq!(result, sample_result());
 }
 
@@ -96,26 +89,14 @@ fn unknown_fields_and_newer_minor_versions_are_tolerated() {
 fn an_unknown_major_version_is_a_typed_error() {
     let mut value = golden("job_v1.json");
     value["schema_version"] = "2.0".into();
-    let err =
-        JobMessage::decode(&serde_json::to_vec(&value).expect("json")).expect_err("must refuse");
-    assert_eq!(
-        err,
-        DecodeError::UnsupportedVersion {
-            kind: "job message",
-            found: "2.0".into(),
-            supported: 1
-        }
-    );
+    let err = JobMessage::decode(&serde_json::to_vec(&value).expect("json")).expect_err("must refuse");
+    assert_eq!(err, DecodeError::UnsupportedVersion { kind: "job message", found: "2.0".into(), supported: 1 });
 }
 
 #[test]
 fn garbage_and_missing_fields_are_malformed_errors_that_name_the_problem() {
-    assert!(matches!(
-        JobMessage::decode(b"not json"),
-        Err(DecodeError::Malformed { .. })
-    ));
-    let err =
-        JobMessage::decode(br#"{"schema_version":"1.0","job_id":"x"}"#).expect_err("must refuse");
+    assert!(matches!(JobMessage::decode(b"not json"), Err(DecodeError::Malformed { .. })));
+    let err = JobMessage::decode(br#"{"schema_version":"1.0","job_id":"x"}"#).expect_err("must refuse");
     assert!(err.to_string().contains("missing field"), "{err}");
     let err = ResultEvent::decode(br#"{"job_id":"x"}"#).expect_err("must refuse");
     assert!(err.to_string().contains("schema_version"), "{err}");

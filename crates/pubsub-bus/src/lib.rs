@@ -23,27 +23,13 @@ pub const EMULATOR_HOST_VAR: &str = "PUBSUB_EMULATOR_HOST";
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("cannot build the Pub/Sub {client} client: {source}")]
-    Build {
-        client: &'static str,
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    Build { client: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
     #[error("cannot create {kind} {name}: {source}")]
-    Create {
-        kind: &'static str,
-        name: String,
-        source: google_cloud_pubsub::Error,
-    },
+    Create { kind: &'static str, name: String, source: google_cloud_pubsub::Error },
     #[error("publish to {topic} failed: {source}")]
-    Publish {
-        topic: String,
-        source: google_cloud_pubsub::error::PublishError,
-    },
+    Publish { topic: String, source: google_cloud_pubsub::error::PublishError },
     #[error("{kind} {name} is not reachable: {source}")]
-    Check {
-        kind: &'static str,
-        name: String,
-        source: google_cloud_pubsub::Error,
-    },
+    Check { kind: &'static str, name: String, source: google_cloud_pubsub::Error },
     #[error("publish to {topic} did not complete within {timeout:?}")]
     PublishTimeout { topic: String, timeout: Duration },
 }
@@ -60,21 +46,15 @@ pub struct Connection {
 impl Connection {
     /// Reads `PUBSUB_EMULATOR_HOST` (`host:port`, with or without `http://`) from `env`.
     pub fn from_env(project: impl Into<String>, env: &HashMap<String, String>) -> Self {
-        let emulator_endpoint = env
-            .get(EMULATOR_HOST_VAR)
-            .filter(|v| !v.trim().is_empty())
-            .map(|host| {
-                let host = host.trim();
-                if host.starts_with("http://") || host.starts_with("https://") {
-                    host.to_owned()
-                } else {
-                    format!("http://{host}")
-                }
-            });
-        Connection {
-            project: project.into(),
-            emulator_endpoint,
-        }
+        let emulator_endpoint = env.get(EMULATOR_HOST_VAR).filter(|v| !v.trim().is_empty()).map(|host| {
+            let host = host.trim();
+            if host.starts_with("http://") || host.starts_with("https://") {
+                host.to_owned()
+            } else {
+                format!("http://{host}")
+            }
+        });
+        Connection { project: project.into(), emulator_endpoint }
     }
 
     pub fn topic_path(&self, topic: &str) -> String {
@@ -87,85 +67,59 @@ impl Connection {
 
     /// A publisher for `topic` whose internal retries stop after `retry_limit` (the crate
     /// default keeps retrying for ten minutes). Callers own the retry beyond that.
-    pub async fn publisher(
-        &self,
-        topic: &str,
-        retry_limit: Duration,
-    ) -> Result<TopicPublisher, BusError> {
+    pub async fn publisher(&self, topic: &str, retry_limit: Duration) -> Result<TopicPublisher, BusError> {
         let path = self.topic_path(topic);
         let mut builder = Publisher::builder(path.clone())
             .with_retry_policy(RetryableErrors.with_time_limit(retry_limit))
             .set_delay_threshold(Duration::from_millis(5));
         if let Some(endpoint) = &self.emulator_endpoint {
-            builder = builder.with_endpoint(endpoint.clone()).with_credentials(
-                google_cloud_auth::credentials::anonymous::Builder::new().build(),
-            );
+            builder = builder
+                .with_endpoint(endpoint.clone())
+                .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
         }
-        let inner = builder.build().await.map_err(|e| BusError::Build {
-            client: "publisher",
-            source: e.into(),
-        })?;
-        Ok(TopicPublisher {
-            inner,
-            topic: path,
-            timeout: retry_limit + Duration::from_secs(5),
-        })
+        let inner = builder.build().await.map_err(|e| BusError::Build { client: "publisher", source: e.into() })?;
+        Ok(TopicPublisher { inner, topic: path, timeout: retry_limit + Duration::from_secs(5) })
     }
 
     pub async fn subscriber(&self) -> Result<Subscriber, BusError> {
         let mut builder = Subscriber::builder();
         if let Some(endpoint) = &self.emulator_endpoint {
-            builder = builder.with_endpoint(endpoint.clone()).with_credentials(
-                google_cloud_auth::credentials::anonymous::Builder::new().build(),
-            );
+            builder = builder
+                .with_endpoint(endpoint.clone())
+                .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
         }
-        builder.build().await.map_err(|e| BusError::Build {
-            client: "subscriber",
-            source: e.into(),
-        })
+        builder.build().await.map_err(|e| BusError::Build { client: "subscriber", source: e.into() })
     }
 
     async fn topic_admin(&self) -> Result<TopicAdmin, BusError> {
         let mut builder = TopicAdmin::builder();
         if let Some(endpoint) = &self.emulator_endpoint {
-            builder = builder.with_endpoint(endpoint.clone()).with_credentials(
-                google_cloud_auth::credentials::anonymous::Builder::new().build(),
-            );
+            builder = builder
+                .with_endpoint(endpoint.clone())
+                .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
         }
-        builder.build().await.map_err(|e| BusError::Build {
-            client: "topic admin",
-            source: e.into(),
-        })
+        builder.build().await.map_err(|e| BusError::Build { client: "topic admin", source: e.into() })
     }
 
     async fn subscription_admin(&self) -> Result<SubscriptionAdmin, BusError> {
         let mut builder = SubscriptionAdmin::builder();
         if let Some(endpoint) = &self.emulator_endpoint {
-            builder = builder.with_endpoint(endpoint.clone()).with_credentials(
-                google_cloud_auth::credentials::anonymous::Builder::new().build(),
-            );
+            builder = builder
+                .with_endpoint(endpoint.clone())
+                .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
         }
-        builder.build().await.map_err(|e| BusError::Build {
-            client: "subscription admin",
-            source: e.into(),
-        })
+        builder.build().await.map_err(|e| BusError::Build { client: "subscription admin", source: e.into() })
     }
 
     /// Checks that `topic` exists and the service answers (needs `pubsub.topics.get`).
     pub async fn check_topic(&self, topic: &str) -> Result<(), BusError> {
         let admin = self.topic_admin().await?;
         let name = self.topic_path(topic);
-        admin
-            .get_topic()
-            .set_topic(name.clone())
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|source| BusError::Check {
-                kind: "topic",
-                name,
-                source,
-            })
+        admin.get_topic().set_topic(name.clone()).send().await.map(|_| ()).map_err(|source| BusError::Check {
+            kind: "topic",
+            name,
+            source,
+        })
     }
 
     /// Checks `topic` until it answers or `stop` is cancelled, reporting every outcome to
@@ -204,11 +158,7 @@ impl Connection {
         match admin.create_topic().set_name(name.clone()).send().await {
             Ok(_) => Ok(()),
             Err(e) if already_exists(&e) => Ok(()),
-            Err(source) => Err(BusError::Create {
-                kind: "topic",
-                name,
-                source,
-            }),
+            Err(source) => Err(BusError::Create { kind: "topic", name, source }),
         }
     }
 
@@ -237,11 +187,7 @@ impl Connection {
         match request.send().await {
             Ok(_) => Ok(()),
             Err(e) if already_exists(&e) => Ok(()),
-            Err(source) => Err(BusError::Create {
-                kind: "subscription",
-                name,
-                source,
-            }),
+            Err(source) => Err(BusError::Create { kind: "subscription", name, source }),
         }
     }
 }
@@ -304,21 +250,12 @@ impl TopicPublisher {
         data: Vec<u8>,
         attributes: impl IntoIterator<Item = (impl Into<String>, impl Into<String>)>,
     ) -> Result<String, BusError> {
-        let attributes: HashMap<String, String> = attributes
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect();
+        let attributes: HashMap<String, String> = attributes.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
         let message = Message::new().set_data(data).set_attributes(attributes);
         match tokio::time::timeout(self.timeout, self.inner.publish(message)).await {
             Ok(Ok(id)) => Ok(id),
-            Ok(Err(source)) => Err(BusError::Publish {
-                topic: self.topic.clone(),
-                source,
-            }),
-            Err(_) => Err(BusError::PublishTimeout {
-                topic: self.topic.clone(),
-                timeout: self.timeout,
-            }),
+            Ok(Err(source)) => Err(BusError::Publish { topic: self.topic.clone(), source }),
+            Err(_) => Err(BusError::PublishTimeout { topic: self.topic.clone(), timeout: self.timeout }),
         }
     }
 
@@ -337,19 +274,13 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
     fn the_emulator_host_becomes_an_http_endpoint() {
         let c = Connection::from_env("p", &env(&[(EMULATOR_HOST_VAR, "127.0.0.1:8085")]));
-        assert_eq!(
-            c.emulator_endpoint.as_deref(),
-            Some("http://127.0.0.1:8085")
-        );
+        assert_eq!(c.emulator_endpoint.as_deref(), Some("http://127.0.0.1:8085"));
         let c = Connection::from_env("p", &env(&[(EMULATOR_HOST_VAR, "http://localhost:1")]));
         assert_eq!(c.emulator_endpoint.as_deref(), Some("http://localhost:1"));
     }
@@ -357,19 +288,13 @@ mod tests {
     #[test]
     fn without_the_variable_google_is_used() {
         assert_eq!(Connection::from_env("p", &env(&[])).emulator_endpoint, None);
-        assert_eq!(
-            Connection::from_env("p", &env(&[(EMULATOR_HOST_VAR, " ")])).emulator_endpoint,
-            None
-        );
+        assert_eq!(Connection::from_env("p", &env(&[(EMULATOR_HOST_VAR, " ")])).emulator_endpoint, None);
     }
 
     #[test]
     fn resource_paths_are_fully_qualified() {
         let c = Connection::from_env("proj", &env(&[]));
         assert_eq!(c.topic_path("jobs"), "projects/proj/topics/jobs");
-        assert_eq!(
-            c.subscription_path("jobs-sub"),
-            "projects/proj/subscriptions/jobs-sub"
-        );
+        assert_eq!(c.subscription_path("jobs-sub"), "projects/proj/subscriptions/jobs-sub");
     }
 }

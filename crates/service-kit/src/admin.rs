@@ -38,9 +38,7 @@ impl Readiness {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, (bool, String)>> {
-        self.checks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.checks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -69,30 +67,16 @@ async fn readyz(State(state): State<AdminState>) -> Response {
             (name.to_string(), serde_json::json!({"ok": ok, "detail": detail}))
         }).collect::<serde_json::Map<_, _>>(),
     });
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
+        Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
             .into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot encode metrics: {e}\n"),
-        )
-            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}\n")).into_response(),
     }
 }
 
@@ -110,9 +94,7 @@ impl AdminServer {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
     /// Serves until `stop` is cancelled.

@@ -34,11 +34,8 @@ pub fn load<T: Layered>(file: Option<&Path>, env: &HashMap<String, String>) -> a
         builder = builder.add_source(config::File::from(path));
     }
     let prefix_with_sep = format!("{}_", prefix.to_uppercase());
-    let ours: HashMap<String, String> = env
-        .iter()
-        .filter(|(k, _)| k.starts_with(&prefix_with_sep))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let ours: HashMap<String, String> =
+        env.iter().filter(|(k, _)| k.starts_with(&prefix_with_sep)).map(|(k, v)| (k.clone(), v.clone())).collect();
     let mut environment = config::Environment::with_prefix(prefix)
         .prefix_separator("_")
         .separator("__")

@@ -12,10 +12,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn new(shutdown: CancellationToken) -> Self {
-        Supervisor {
-            tasks: JoinSet::new(),
-            shutdown,
-        }
+        Supervisor { tasks: JoinSet::new(), shutdown }
     }
 
     /// Spawns a named task. Every task is critical: if it ends while the service should
@@ -42,10 +39,7 @@ impl Supervisor {
                 Err(e) => Some(anyhow::anyhow!("a task panicked: {e}")),
             };
             if let Some(e) = failure {
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    "critical task stopped, shutting down the rest"
-                );
+                tracing::error!(error = format!("{e:#}"), "critical task stopped, shutting down the rest");
                 self.shutdown.cancel();
                 first_error.get_or_insert(e);
             }

@@ -22,10 +22,7 @@ pub struct LogSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        LogSettings {
-            format: LogFormat::Text,
-            level: "info".into(),
-        }
+        LogSettings { format: LogFormat::Text, level: "info".into() }
     }
 }
 
@@ -33,10 +30,7 @@ impl LogSettings {
     pub fn problems(&self) -> Vec<String> {
         match EnvFilter::try_new(&self.level) {
             Ok(_) => vec![],
-            Err(e) => vec![format!(
-                "log.level {:?} is not a valid filter: {e}",
-                self.level
-            )],
+            Err(e) => vec![format!("log.level {:?} is not a valid filter: {e}", self.level)],
         }
     }
 }
@@ -46,15 +40,9 @@ pub fn init(settings: &LogSettings) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match settings.format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
     }
 }

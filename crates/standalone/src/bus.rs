@@ -63,17 +63,9 @@ pub struct BusSink {
 #[async_trait]
 impl controller::publisher::JobSink for BusSink {
     async fn send(&self, job: &JobMessage) -> anyhow::Result<()> {
-        let attributes = job
-            .attributes()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
+        let attributes = job.attributes().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         self.tx
-            .send(Delivery {
-                data: job.encode(),
-                attributes,
-                attempt: 1,
-            })
+            .send(Delivery { data: job.encode(), attributes, attempt: 1 })
             .map_err(|_| anyhow::anyhow!("the in-process bus is closed"))?;
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -96,26 +88,17 @@ impl Outputs for LocalOutputs {
             RunStatus::Skipped => &self.counters.skipped,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .rows_written
-            .fetch_add(event.rows_written, Ordering::Relaxed);
+        self.counters.rows_written.fetch_add(event.rows_written, Ordering::Relaxed);
         Ok(())
     }
 
-    async fn dead_letter(
-        &self,
-        data: Vec<u8>,
-        attributes: HashMap<String, String>,
-    ) -> anyhow::Result<()> {
+    async fn dead_letter(&self, data: Vec<u8>, attributes: HashMap<String, String>) -> anyhow::Result<()> {
         let line = serde_json::json!({
             "attributes": attributes,
             "data": String::from_utf8_lossy(&data),
         });
         let _guard = self.file_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.dead_letter_file)?;
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&self.dead_letter_file)?;
         writeln!(file, "{line}")?;
         self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -146,12 +129,7 @@ pub async fn consume(
             _ = stop.cancelled() => break,
             d = rx.recv() => match d { Some(d) => d, None => break },
         };
-        let (runner, counters, redeliver, stop) = (
-            runner.clone(),
-            counters.clone(),
-            redeliver.clone(),
-            stop.clone(),
-        );
+        let (runner, counters, redeliver, stop) = (runner.clone(), counters.clone(), redeliver.clone(), stop.clone());
         tasks.spawn(async move {
             counters.in_flight.fetch_add(1, Ordering::Relaxed);
             let disposition = runner.handle(&delivery.data, &delivery.attributes, delivery.attempt).await;
@@ -159,7 +137,8 @@ pub async fn consume(
             drop(permit);
             if disposition == Disposition::Nack {
                 counters.retried.fetch_add(1, Ordering::Relaxed);
-                let backoff = Duration::from_secs(1u64 << delivery.attempt.saturating_sub(1).min(5)).min(Duration::from_secs(30));
+                let backoff =
+                    Duration::from_secs(1u64 << delivery.attempt.saturating_sub(1).min(5)).min(Duration::from_secs(30));
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = stop.cancelled() => {}
@@ -171,14 +150,8 @@ pub async fn consume(
             }
         });
     }
-    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            running = tasks.len(),
-            "grace period over, stopping in-flight runs"
-        );
+    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+        tracing::warn!(running = tasks.len(), "grace period over, stopping in-flight runs");
         tasks.abort_all();
     }
     let pending = rx.len();

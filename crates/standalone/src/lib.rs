@@ -50,17 +50,15 @@ impl Default for Options {
 /// Prepares the data directory: the catalog (kept if already there, so edits survive) and
 /// one seeded database per active tenant that has none yet. Returns the tenants seeded now.
 pub fn prepare(data_dir: &Path) -> anyhow::Result<Vec<String>> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
     let catalog = data_dir.join("catalog.yaml");
     if !catalog.exists() {
-        std::fs::write(&catalog, CATALOG)
-            .with_context(|| format!("cannot write {}", catalog.display()))?;
+        std::fs::write(&catalog, CATALOG).with_context(|| format!("cannot write {}", catalog.display()))?;
     }
     let raw = controller::platform::read_catalog_file(&catalog)?;
     let mut seeded = Vec::new();
     for tenant in &raw.tenants {
-        let Some(id) = tenant.doc.get("id").and_then(|v| v.as_str()) else {
+        let controller::catalog::Lenient::Ok(controller::catalog::TenantDoc { id: Some(id), .. }) = &tenant.doc else {
             continue;
         };
         if jobs_core::names::check_entity_id(id).is_err() {
@@ -72,10 +70,9 @@ pub fn prepare(data_dir: &Path) -> anyhow::Result<Vec<String>> {
         }
         let partial = path.with_extension("sqlite3.partial");
         let _ = std::fs::remove_file(&partial);
-        let conn = rusqlite::Connection::open(&partial)
-            .with_context(|| format!("cannot create {}", partial.display()))?;
-        conn.execute_batch(SEED_SQL)
-            .with_context(|| format!("cannot seed {}", partial.display()))?;
+        let conn =
+            rusqlite::Connection::open(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
+        conn.execute_batch(SEED_SQL).with_context(|| format!("cannot seed {}", partial.display()))?;
         drop(conn);
         // Renamed only when complete: an interrupted seed is redone on the next start.
         std::fs::rename(&partial, &path)?;
@@ -104,48 +101,28 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
     let counters = Arc::new(Counters::default());
     let (tx, rx) = mpsc::unbounded_channel();
 
-    let controller_app =
-        controller::Application::build(controller_settings(&options), &Default::default())
-            .await?
-            .with_sink(Arc::new(BusSink {
-                tx: tx.clone(),
-                counters: counters.clone(),
-            }));
+    let controller_app = controller::Application::build(controller_settings(&options), &Default::default())
+        .await?
+        .with_sink(Arc::new(BusSink { tx: tx.clone(), counters: counters.clone() }));
     tracing::info!(admin = %controller_app.admin_addr(), "controller admin (/readyz, /metrics)");
 
     let mut registry = prometheus_registry();
     let worker_metrics = worker::metrics::Metrics::register(&mut registry);
-    let engines: BTreeMap<String, Arc<dyn Engine>> = [(
-        ENGINE.to_owned(),
-        Arc::new(SqliteEngine::new(&options.data_dir, 1_000_000)) as Arc<dyn Engine>,
-    )]
-    .into();
+    let engines: BTreeMap<String, Arc<dyn Engine>> =
+        [(ENGINE.to_owned(), Arc::new(SqliteEngine::new(&options.data_dir, 1_000_000)) as Arc<dyn Engine>)].into();
     let outputs = Arc::new(LocalOutputs {
         counters: counters.clone(),
         dead_letter_file: options.data_dir.join("dead-letters.jsonl"),
         file_lock: Mutex::new(()),
     });
-    let runner = Arc::new(Runner::new(
-        engines,
-        outputs,
-        worker_metrics,
-        Duration::from_secs(3600),
-    ));
+    let runner = Arc::new(Runner::new(engines, outputs, worker_metrics, Duration::from_secs(3600)));
 
     let work = shutdown.child_token();
     let mut tasks = service_kit::Supervisor::new(work.clone());
     tasks.spawn("controller", controller_app.run_until_stopped(work.clone()));
     tasks.spawn(
         "worker",
-        bus::consume(
-            rx,
-            tx,
-            runner,
-            counters.clone(),
-            options.max_in_flight,
-            Duration::from_secs(10),
-            work.clone(),
-        ),
+        bus::consume(rx, tx, runner, counters.clone(), options.max_in_flight, Duration::from_secs(10), work.clone()),
     );
     let (progress, stop, every) = (counters.clone(), work.clone(), options.summary_every);
     tasks.spawn("progress", async move {
@@ -164,23 +141,15 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
 
 /// The latest `limit` rows of `table` in `tenant`'s database, as aligned text.
 pub fn show(data_dir: &Path, tenant: &str, table: &str, limit: u32) -> anyhow::Result<String> {
-    jobs_core::names::check_entity_id(tenant)
-        .map_err(|r| anyhow::anyhow!("tenant {tenant:?} {r}"))?;
-    jobs_core::names::check_destination(table)
-        .map_err(|r| anyhow::anyhow!("table {table:?} {r}"))?;
+    jobs_core::names::check_entity_id(tenant).map_err(|r| anyhow::anyhow!("tenant {tenant:?} {r}"))?;
+    jobs_core::names::check_destination(table).map_err(|r| anyhow::anyhow!("table {table:?} {r}"))?;
     let path = data_dir.join(format!("{tenant}.sqlite3"));
     if !path.exists() {
-        anyhow::bail!(
-            "no database for tenant {tenant:?} at {} (has standalone run yet?)",
-            path.display()
-        );
+        anyhow::bail!("no database for tenant {tenant:?} at {} (has standalone run yet?)", path.display());
     }
-    let conn =
-        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let mut stmt = conn
-        .prepare(&format!(
-            "SELECT * FROM \"{table}\" ORDER BY \"_scheduled_for\" DESC LIMIT {limit}"
-        ))
+        .prepare(&format!("SELECT * FROM \"{table}\" ORDER BY \"_scheduled_for\" DESC LIMIT {limit}"))
         .with_context(|| format!("cannot read table {table:?} of tenant {tenant:?}"))?;
     let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
     let mut rows: Vec<Vec<String>> = vec![columns.clone()];
@@ -198,16 +167,11 @@ pub fn show(data_dir: &Path, tenant: &str, table: &str, limit: u32) -> anyhow::R
         }
         rows.push(cells);
     }
-    let widths: Vec<usize> = (0..columns.len())
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
+    let widths: Vec<usize> =
+        (0..columns.len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for row in &rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
+        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }

@@ -38,12 +38,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Show {
-        tenant,
-        table,
-        limit,
-    }) = &cli.command
-    {
+    if let Some(Command::Show { tenant, table, limit }) = &cli.command {
         return match standalone::show(&cli.data_dir, tenant, table, *limit) {
             Ok(text) => {
                 print!("{text}");

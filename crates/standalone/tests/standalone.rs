@@ -22,36 +22,18 @@ async fn standalone_runs_the_sample_catalog_and_writes_each_run_once() {
         tokio::time::sleep(Duration::from_secs(12)).await;
         stopper.cancel();
     });
-    let counters = standalone::run(options, shutdown)
-        .await
-        .expect("runs and stops cleanly");
+    let counters = standalone::run(options, shutdown).await.expect("runs and stops cleanly");
     let published = counters.published.load(Ordering::Relaxed);
     let succeeded = counters.succeeded.load(Ordering::Relaxed);
     assert!(published >= 5, "{}", counters.line());
-    assert!(
-        succeeded >= published - 2,
-        "all but the last in-flight runs finished: {}",
-        counters.line()
-    );
-    assert_eq!(
-        counters.failed.load(Ordering::Relaxed),
-        0,
-        "{}",
-        counters.line()
-    );
-    assert_eq!(
-        counters.dead_lettered.load(Ordering::Relaxed),
-        0,
-        "{}",
-        counters.line()
-    );
+    assert!(succeeded >= published - 2, "all but the last in-flight runs finished: {}", counters.line());
+    assert_eq!(counters.failed.load(Ordering::Relaxed), 0, "{}", counters.line());
+    assert_eq!(counters.dead_lettered.load(Ordering::Relaxed), 0, "{}", counters.line());
 
     // The 3-second heartbeat of umbrella: each run once, windows chained, its own tenant.
     let conn = rusqlite::Connection::open(dir.join("umbrella.sqlite3")).expect("umbrella db");
     let mut stmt = conn
-        .prepare(
-            "SELECT _job_id, tenant, window_start, window_end FROM heartbeats ORDER BY window_end",
-        )
+        .prepare("SELECT _job_id, tenant, window_start, window_end FROM heartbeats ORDER BY window_end")
         .expect("heartbeats table");
     let rows: Vec<(String, String, String, String)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
@@ -71,10 +53,7 @@ async fn standalone_runs_the_sample_catalog_and_writes_each_run_once() {
     assert!(text.starts_with("_job_id"), "{text}");
     assert!(text.lines().count() >= 2, "{text}");
     assert!(standalone::show(&dir, "acme", "no_such_table", 5).is_err());
-    assert!(
-        standalone::show(&dir, "../etc", "t", 5).is_err(),
-        "tenant ids cannot escape the data directory"
-    );
+    assert!(standalone::show(&dir, "../etc", "t", 5).is_err(), "tenant ids cannot escape the data directory");
 
     // A second start keeps the data and does not re-seed.
     assert!(standalone::prepare(&dir).expect("prepare").is_empty());

@@ -44,11 +44,7 @@ impl Outputs for PubsubOutputs {
         Ok(())
     }
 
-    async fn dead_letter(
-        &self,
-        data: Vec<u8>,
-        attributes: HashMap<String, String>,
-    ) -> anyhow::Result<()> {
+    async fn dead_letter(&self, data: Vec<u8>, attributes: HashMap<String, String>) -> anyhow::Result<()> {
         self.dead_letters.publish(data, attributes).await?;
         Ok(())
     }
@@ -69,10 +65,8 @@ impl Application {
         let mut engines: BTreeMap<String, Arc<dyn Engine>> = BTreeMap::new();
         for (name, e) in &settings.engines {
             let engine = match e.kind {
-                EngineKind::Postgres => {
-                    PostgresEngine::new(&e.url, e.pool_size, &e.schema_template, e.max_rows)
-                        .map_err(|err| anyhow::anyhow!("engines.{name}: {err}"))?
-                }
+                EngineKind::Postgres => PostgresEngine::new(&e.url, e.pool_size, &e.schema_template, e.max_rows)
+                    .map_err(|err| anyhow::anyhow!("engines.{name}: {err}"))?,
             };
             engines.insert(name.clone(), Arc::new(engine));
         }
@@ -83,15 +77,7 @@ impl Application {
         readiness.register(CHECK_PUBSUB, "Pub/Sub not checked yet");
         let admin = AdminServer::bind(settings.admin.listen).await?;
         let connection = Connection::from_env(settings.pubsub.project.clone(), env);
-        Ok(Application {
-            settings,
-            admin,
-            readiness,
-            registry: Arc::new(registry),
-            metrics,
-            engines,
-            connection,
-        })
+        Ok(Application { settings, admin, readiness, registry: Arc::new(registry), metrics, engines, connection })
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -101,15 +87,7 @@ impl Application {
     /// Runs until `shutdown` is cancelled or a critical task fails. Shutdown order: stop
     /// pulling, finish or hand back in-flight runs, flush acks, stop the admin server.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Application {
-            settings,
-            admin,
-            readiness,
-            registry,
-            metrics,
-            engines,
-            connection,
-        } = self;
+        let Application { settings, admin, readiness, registry, metrics, engines, connection } = self;
         let ps = &settings.pubsub;
         tracing::info!(
             admin = %admin.local_addr(),
@@ -138,35 +116,19 @@ impl Application {
                 .await?;
         }
         let outputs = Arc::new(PubsubOutputs {
-            results: connection
-                .publisher(&ps.results_topic, ps.publish_timeout)
-                .await?,
-            dead_letters: connection
-                .publisher(&ps.dead_letter_topic, ps.publish_timeout)
-                .await?,
+            results: connection.publisher(&ps.results_topic, ps.publish_timeout).await?,
+            dead_letters: connection.publisher(&ps.dead_letter_topic, ps.publish_timeout).await?,
         });
-        let subscriber = connection
-            .subscriber()
-            .await
-            .context("cannot open the subscriber")?;
+        let subscriber = connection.subscriber().await.context("cannot open the subscriber")?;
         let stream = subscriber
             .subscribe(connection.subscription_path(&ps.jobs_subscription))
             .set_max_lease(settings.runner.max_lease)
             .set_max_outstanding_messages(settings.runner.max_in_flight as i64)
             .set_shutdown_behavior(pubsub_bus::ShutdownBehavior::WaitForProcessing)
             .build();
-        readiness.set(
-            CHECK_PUBSUB,
-            true,
-            format!("pulling from {}", ps.jobs_subscription),
-        );
+        readiness.set(CHECK_PUBSUB, true, format!("pulling from {}", ps.jobs_subscription));
 
-        let runner = Arc::new(Runner::new(
-            engines.clone(),
-            outputs,
-            metrics.clone(),
-            settings.runner.max_timeout,
-        ));
+        let runner = Arc::new(Runner::new(engines.clone(), outputs, metrics.clone(), settings.runner.max_timeout));
         let work = shutdown.child_token();
         let admin_stop = CancellationToken::new();
         let mut tasks = Supervisor::new(work.clone());
@@ -183,14 +145,8 @@ impl Application {
                 work.clone(),
             ),
         );
-        tasks.spawn(
-            "engine-check",
-            check_engines(engines, readiness.clone(), work.clone()),
-        );
-        let router = admin::router(AdminState {
-            readiness,
-            registry,
-        });
+        tasks.spawn("engine-check", check_engines(engines, readiness.clone(), work.clone()));
+        let router = admin::router(AdminState { readiness, registry });
         let admin_task = tokio::spawn(admin.serve(router, admin_stop.clone()));
 
         let result = tasks.join().await;
@@ -219,11 +175,7 @@ async fn check_engines(
             }
         }
         if failures.is_empty() {
-            readiness.set(
-                CHECK_ENGINES,
-                true,
-                format!("{} engines answer", engines.len()),
-            );
+            readiness.set(CHECK_ENGINES, true, format!("{} engines answer", engines.len()));
         } else {
             tracing::warn!(failures = %failures.join("; "), "engine check failed");
             readiness.set(CHECK_ENGINES, false, failures.join("; "));

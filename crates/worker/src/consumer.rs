@@ -47,9 +47,7 @@ pub async fn run_consumer(
         in_flight.spawn(async move {
             metrics.in_flight.inc();
             let attempt = handler.delivery_attempt().map_or(1, |a| a.max(1) as u32);
-            let disposition = runner
-                .handle(&message.data, &message.attributes, attempt)
-                .await;
+            let disposition = runner.handle(&message.data, &message.attributes, attempt).await;
             settle(handler, disposition);
             metrics.in_flight.dec();
             drop(permit);
@@ -60,16 +58,10 @@ pub async fn run_consumer(
     while in_flight.try_join_next().is_some() {}
     let running = in_flight.len();
     if running > 0 {
-        tracing::info!(
-            running,
-            grace_secs = settings.grace_period.as_secs(),
-            "waiting for in-flight runs"
-        );
+        tracing::info!(running, grace_secs = settings.grace_period.as_secs(), "waiting for in-flight runs");
     }
-    let drained = tokio::time::timeout(settings.grace_period, async {
-        while in_flight.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(settings.grace_period, async { while in_flight.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         let handed_back = in_flight.len();
         // Dropping a handler nacks its message: Pub/Sub redelivers it to another worker,
@@ -77,10 +69,7 @@ pub async fn run_consumer(
         in_flight.abort_all();
         while in_flight.join_next().await.is_some() {}
         metrics.in_flight.set(0);
-        tracing::warn!(
-            handed_back,
-            "grace period over, handing in-flight runs back"
-        );
+        tracing::warn!(handed_back, "grace period over, handing in-flight runs back");
     }
     stream.shutdown_token().shutdown().await;
     outcome

@@ -70,14 +70,9 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(
-    settings: Settings,
-    env: std::collections::HashMap<String, String>,
-) -> anyhow::Result<()> {
+async fn run(settings: Settings, env: std::collections::HashMap<String, String>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     service_kit::supervisor::cancel_on_signals(shutdown.clone());
-    let app = worker::Application::build(settings, &env)
-        .await
-        .context("cannot start the worker")?;
+    let app = worker::Application::build(settings, &env).await.context("cannot start the worker")?;
     app.run_until_stopped(shutdown).await
 }

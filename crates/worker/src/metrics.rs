@@ -37,9 +37,7 @@ impl Metrics {
         let m = Metrics {
             jobs: Family::default(),
             run_duration: Family::new_with_constructor(|| {
-                Histogram::new([
-                    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0,
-                ])
+                Histogram::new([0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0])
             }),
             rows_written: Counter::default(),
             in_flight: Gauge::default(),
@@ -47,32 +45,12 @@ impl Metrics {
             output_failures: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("worker");
-        r.register(
-            "jobs",
-            "Job messages handled, by outcome and error class",
-            m.jobs.clone(),
-        );
-        r.register(
-            "run_duration_seconds",
-            "Time to run a query and write its rows, by engine",
-            m.run_duration.clone(),
-        );
-        r.register(
-            "rows_written",
-            "Result rows written to destination tables",
-            m.rows_written.clone(),
-        );
+        r.register("jobs", "Job messages handled, by outcome and error class", m.jobs.clone());
+        r.register("run_duration_seconds", "Time to run a query and write its rows, by engine", m.run_duration.clone());
+        r.register("rows_written", "Result rows written to destination tables", m.rows_written.clone());
         r.register("jobs_in_flight", "Jobs running now", m.in_flight.clone());
-        r.register(
-            "dead_lettered",
-            "Messages sent to the dead-letter topic",
-            m.dead_lettered.clone(),
-        );
-        r.register(
-            "output_failures",
-            "Result or dead-letter publishes that failed",
-            m.output_failures.clone(),
-        );
+        r.register("dead_lettered", "Messages sent to the dead-letter topic", m.dead_lettered.clone());
+        r.register("output_failures", "Result or dead-letter publishes that failed", m.output_failures.clone());
         m
     }
 }

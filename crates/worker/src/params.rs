@@ -15,14 +15,7 @@ pub enum ParamValue {
 }
 
 /// Names every query may use, in placeholder order.
-pub const NAMES: [&str; 6] = [
-    "tenant_id",
-    "app_id",
-    "query_id",
-    "scheduled_for",
-    "window_start",
-    "window_end",
-];
+pub const NAMES: [&str; 6] = ["tenant_id", "app_id", "query_id", "scheduled_for", "window_start", "window_end"];
 
 /// The values of [`NAMES`] for one job.
 pub fn values(job: &JobMessage) -> [ParamValue; 6] {
@@ -50,10 +43,7 @@ pub fn rewrite(sql: &str, placeholder: impl Fn(usize) -> String) -> String {
             b'"' => i = skip_quoted(bytes, i, b'"'),
             b'`' => i = skip_quoted(bytes, i, b'`'),
             b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                i = bytes[i..]
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(bytes.len(), |p| i + p + 1);
+                i = bytes[i..].iter().position(|&b| b == b'\n').map_or(bytes.len(), |p| i + p + 1);
             }
             b'/' if bytes.get(i + 1) == Some(&b'*') => {
                 i = find(bytes, i + 2, b"*/").map_or(bytes.len(), |p| p + 2);
@@ -61,19 +51,11 @@ pub fn rewrite(sql: &str, placeholder: impl Fn(usize) -> String) -> String {
             b'$' => i = skip_dollar_quoted(bytes, i),
             b'@' => {
                 let start = i + 1;
-                let end = start
-                    + bytes[start..]
-                        .iter()
-                        .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
-                        .count();
-                let prev_is_word = i > 0
-                    && (bytes[i - 1].is_ascii_alphanumeric()
-                        || bytes[i - 1] == b'_'
-                        || bytes[i - 1] == b'@');
-                match NAMES
-                    .iter()
-                    .position(|n| n.as_bytes() == &bytes[start..end])
-                {
+                let end =
+                    start + bytes[start..].iter().take_while(|b| b.is_ascii_alphanumeric() || **b == b'_').count();
+                let prev_is_word =
+                    i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_' || bytes[i - 1] == b'@');
+                match NAMES.iter().position(|n| n.as_bytes() == &bytes[start..end]) {
                     Some(index) if !prev_is_word => {
                         out.push_str(&sql[copied..i]);
                         out.push_str(&placeholder(index));
@@ -91,11 +73,7 @@ pub fn rewrite(sql: &str, placeholder: impl Fn(usize) -> String) -> String {
 }
 
 fn find(bytes: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
-    bytes
-        .get(from..)?
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|p| from + p)
+    bytes.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|p| from + p)
 }
 
 /// Skips a quoted section starting at `start` (doubled quotes escape); returns the index
@@ -110,11 +88,7 @@ fn skip_quoted(bytes: &[u8], start: usize, quote: u8) -> usize {
             }
             return i + 1;
         }
-        if bytes[i] == b'\\'
-            && quote == b'\''
-            && start > 0
-            && matches!(bytes[start - 1], b'E' | b'e')
-        {
+        if bytes[i] == b'\\' && quote == b'\'' && start > 0 && matches!(bytes[start - 1], b'E' | b'e') {
             i += 2;
             continue;
         }
@@ -126,10 +100,7 @@ fn skip_quoted(bytes: &[u8], start: usize, quote: u8) -> usize {
 /// Skips `$tag$ … $tag$` (PostgreSQL dollar quoting). A `$` that does not open one (a
 /// positional `$1`) is stepped over.
 fn skip_dollar_quoted(bytes: &[u8], start: usize) -> usize {
-    let tag_len = bytes[start + 1..]
-        .iter()
-        .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
-        .count();
+    let tag_len = bytes[start + 1..].iter().take_while(|b| b.is_ascii_alphanumeric() || **b == b'_').count();
     let close = start + 1 + tag_len;
     let starts_with_digit = bytes.get(start + 1).is_some_and(u8::is_ascii_digit);
     if bytes.get(close) != Some(&b'$') || starts_with_digit {
@@ -160,14 +131,8 @@ mod tests {
     fn literals_identifiers_and_comments_are_left_alone() {
         let sql = "SELECT '@tenant_id', \"@app_id\", $$@query_id$$, $x$ @window_end $x$ -- @window_start\n/* @tenant_id */ @tenant_id";
         assert_eq!(pg(sql), sql.replace("*/ @tenant_id", "*/ $1"));
-        assert_eq!(
-            pg("SELECT 'it''s @tenant_id' , @app_id"),
-            "SELECT 'it''s @tenant_id' , $2"
-        );
-        assert_eq!(
-            pg("SELECT E'\\' @tenant_id', @app_id"),
-            "SELECT E'\\' @tenant_id', $2"
-        );
+        assert_eq!(pg("SELECT 'it''s @tenant_id' , @app_id"), "SELECT 'it''s @tenant_id' , $2");
+        assert_eq!(pg("SELECT E'\\' @tenant_id', @app_id"), "SELECT E'\\' @tenant_id', $2");
     }
 
     #[test]
@@ -190,14 +155,7 @@ mod tests {
 
     #[test]
     fn unterminated_sections_do_not_panic() {
-        for sql in [
-            "SELECT '@tenant_id",
-            "SELECT \"x",
-            "/* @tenant_id",
-            "$a$ @tenant_id",
-            "@",
-            "SELECT 1 --",
-        ] {
+        for sql in ["SELECT '@tenant_id", "SELECT \"x", "/* @tenant_id", "$a$ @tenant_id", "@", "SELECT 1 --"] {
             let _ = pg(sql);
         }
     }

@@ -15,11 +15,7 @@ use std::time::Duration;
 #[async_trait]
 pub trait Outputs: Send + Sync + 'static {
     async fn publish_result(&self, event: &ResultEvent) -> anyhow::Result<()>;
-    async fn dead_letter(
-        &self,
-        data: Vec<u8>,
-        attributes: HashMap<String, String>,
-    ) -> anyhow::Result<()>;
+    async fn dead_letter(&self, data: Vec<u8>, attributes: HashMap<String, String>) -> anyhow::Result<()>;
 }
 
 /// What to tell the bus about a message.
@@ -45,21 +41,11 @@ impl Runner {
         metrics: Metrics,
         max_timeout: Duration,
     ) -> Self {
-        Runner {
-            engines,
-            outputs,
-            metrics,
-            max_timeout,
-        }
+        Runner { engines, outputs, metrics, max_timeout }
     }
 
     /// Handles one delivery. `attempt` is Pub/Sub's delivery attempt (1 for the first).
-    pub async fn handle(
-        &self,
-        data: &[u8],
-        attributes: &HashMap<String, String>,
-        attempt: u32,
-    ) -> Disposition {
+    pub async fn handle(&self, data: &[u8], attributes: &HashMap<String, String>, attempt: u32) -> Disposition {
         let job = match JobMessage::decode(data) {
             Ok(job) => job,
             Err(e) => {
@@ -70,9 +56,7 @@ impl Runner {
                     "undecodable job message, dead-lettering"
                 );
                 self.count("undecodable", ErrorClass::Decode);
-                return self
-                    .dead_letter(data, attributes, "decode_error", &e.to_string(), attempt)
-                    .await;
+                return self.dead_letter(data, attributes, "decode_error", &e.to_string(), attempt).await;
             }
         };
         let started_at = Utc::now();
@@ -81,9 +65,7 @@ impl Runner {
         let elapsed = (finished_at - started_at).to_std().unwrap_or_default();
         self.metrics
             .run_duration
-            .get_or_create(&EngineLabels {
-                engine: self.engine_label(&job.engine),
-            })
+            .get_or_create(&EngineLabels { engine: self.engine_label(&job.engine) })
             .observe(elapsed.as_secs_f64());
 
         let event = |status, rows_written, error: Option<&RunError>| ResultEvent {
@@ -103,10 +85,8 @@ impl Runner {
         };
         match result {
             Ok(output) => {
-                if let Err(e) = self
-                    .outputs
-                    .publish_result(&event(RunStatus::Succeeded, output.rows_written, None))
-                    .await
+                if let Err(e) =
+                    self.outputs.publish_result(&event(RunStatus::Succeeded, output.rows_written, None)).await
                 {
                     return self.output_failed(&job, "result", e);
                 }
@@ -139,11 +119,7 @@ impl Runner {
                 Disposition::Nack
             }
             Err(e) => {
-                let reason = if e.class == ErrorClass::Retryable {
-                    "attempts_exhausted"
-                } else {
-                    "permanent_error"
-                };
+                let reason = if e.class == ErrorClass::Retryable { "attempts_exhausted" } else { "permanent_error" };
                 tracing::error!(
                     job_id = %job.job_id,
                     tenant_id = %job.tenant_id,
@@ -154,16 +130,11 @@ impl Runner {
                     error = %e,
                     "run failed, dead-lettering"
                 );
-                if let Err(err) = self
-                    .outputs
-                    .publish_result(&event(RunStatus::Failed, 0, Some(&e)))
-                    .await
-                {
+                if let Err(err) = self.outputs.publish_result(&event(RunStatus::Failed, 0, Some(&e))).await {
                     return self.output_failed(&job, "result", err);
                 }
                 self.count("failed", e.class);
-                self.dead_letter(data, attributes, reason, &e.message, attempt)
-                    .await
+                self.dead_letter(data, attributes, reason, &e.message, attempt).await
             }
         }
     }
@@ -171,21 +142,18 @@ impl Runner {
     async fn run(&self, job: &JobMessage) -> Result<crate::engines::RunOutput, RunError> {
         jobs_core::names::check_destination(&job.destination)
             .map_err(|r| RunError::permanent(format!("destination {:?} {r}", job.destination)))?;
-        let engine = self.engines.get(&job.engine).ok_or_else(|| {
-            RunError::permanent(format!(
-                "engine {:?} is not configured on this worker",
-                job.engine
-            ))
-        })?;
+        let engine = self
+            .engines
+            .get(&job.engine)
+            .ok_or_else(|| RunError::permanent(format!("engine {:?} is not configured on this worker", job.engine)))?;
         let limit = Duration::from_secs(job.timeout_secs).min(self.max_timeout);
         // The engine enforces the timeout itself (statement_timeout); this bound also
         // covers connecting and writing.
         match tokio::time::timeout(limit + Duration::from_secs(5), engine.run(job)).await {
             Ok(result) => result,
-            Err(_) => Err(RunError::retryable(format!(
-                "the run did not finish within its timeout of {}s",
-                limit.as_secs()
-            ))),
+            Err(_) => {
+                Err(RunError::retryable(format!("the run did not finish within its timeout of {}s", limit.as_secs())))
+            }
         }
     }
 
@@ -226,21 +194,11 @@ impl Runner {
 
     fn count(&self, outcome: &'static str, class: impl Into<Option<ErrorClass>>) {
         let error_class = class.into().map_or("none", ErrorClass::as_str);
-        self.metrics
-            .jobs
-            .get_or_create(&OutcomeLabels {
-                outcome,
-                error_class,
-            })
-            .inc();
+        self.metrics.jobs.get_or_create(&OutcomeLabels { outcome, error_class }).inc();
     }
 
     /// Engine label for metrics: configured names only, so a hostile message cannot mint series.
     fn engine_label(&self, engine: &str) -> String {
-        if self.engines.contains_key(engine) {
-            engine.to_owned()
-        } else {
-            "unknown".to_owned()
-        }
+        if self.engines.contains_key(engine) { engine.to_owned() } else { "unknown".to_owned() }
     }
 }

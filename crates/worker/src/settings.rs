@@ -40,9 +40,7 @@ pub struct AdminSettings {
 
 impl Default for AdminSettings {
     fn default() -> Self {
-        AdminSettings {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
-        }
+        AdminSettings { listen: SocketAddr::from(([127, 0, 0, 1], 9091)) }
     }
 }
 
@@ -153,13 +151,9 @@ fn check_name(key: &str, name: &str, problems: &mut Vec<String>) {
     let ok = name.len() >= 3
         && name.len() <= 255
         && name.starts_with(|c: char| c.is_ascii_alphabetic())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c));
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c));
     if !ok {
-        problems.push(format!(
-            "{key} {name:?} is not a valid Pub/Sub name (3-255 characters, starts with a letter)"
-        ));
+        problems.push(format!("{key} {name:?} is not a valid Pub/Sub name (3-255 characters, starts with a letter)"));
     }
 }
 
@@ -175,16 +169,10 @@ impl Validate for Settings {
         check_name("pubsub.results_topic", &ps.results_topic, &mut p);
         check_name("pubsub.dead_letter_topic", &ps.dead_letter_topic, &mut p);
         if ps.min_backoff > ps.max_backoff || ps.max_backoff > Duration::from_secs(600) {
-            p.push(
-                "pubsub.min_backoff must not exceed pubsub.max_backoff, which is at most 600s"
-                    .into(),
-            );
+            p.push("pubsub.min_backoff must not exceed pubsub.max_backoff, which is at most 600s".into());
         }
         if !(5..=100).contains(&ps.max_delivery_attempts) {
-            p.push(format!(
-                "pubsub.max_delivery_attempts {} must be between 5 and 100",
-                ps.max_delivery_attempts
-            ));
+            p.push(format!("pubsub.max_delivery_attempts {} must be between 5 and 100", ps.max_delivery_attempts));
         }
         let r = &self.runner;
         if r.max_in_flight == 0 {
@@ -205,9 +193,7 @@ impl Validate for Settings {
         }
         for (name, e) in &self.engines {
             if let Err(err) = e.url.expose().parse::<tokio_postgres::Config>() {
-                p.push(format!(
-                    "engines.{name}.url is not a valid PostgreSQL connection string ({err})"
-                ));
+                p.push(format!("engines.{name}.url is not a valid PostgreSQL connection string ({err})"));
             }
             if !e.schema_template.contains("{tenant_id}") {
                 p.push(format!(
@@ -234,28 +220,18 @@ mod tests {
     #[test]
     fn engines_are_configured_from_the_environment() {
         let env: HashMap<String, String> = [
-            (
-                "WORKER_ENGINES__WAREHOUSE__URL",
-                "postgres://u:hunter2@db:5432/d",
-            ),
+            ("WORKER_ENGINES__WAREHOUSE__URL", "postgres://u:hunter2@db:5432/d"),
             ("WORKER_ENGINES__WAREHOUSE__POOL_SIZE", "3"),
             ("WORKER_RUNNER__GRACE_PERIOD", "5s"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let s: Settings =
-            service_kit::settings::load(None, &env).unwrap_or_else(|e| panic!("{e:#}"));
+        let s: Settings = service_kit::settings::load(None, &env).unwrap_or_else(|e| panic!("{e:#}"));
         let e = &s.engines["warehouse"];
-        assert_eq!(
-            (e.url.expose(), e.pool_size),
-            ("postgres://u:hunter2@db:5432/d", 3)
-        );
+        assert_eq!((e.url.expose(), e.pool_size), ("postgres://u:hunter2@db:5432/d", 3));
         assert_eq!(s.runner.grace_period, Duration::from_secs(5));
-        assert!(
-            !format!("{s:?}").contains("hunter2"),
-            "the password never prints"
-        );
+        assert!(!format!("{s:?}").contains("hunter2"), "the password never prints");
         assert!(s.problems().is_empty(), "{:?}", s.problems());
     }
 
@@ -263,18 +239,9 @@ mod tests {
     fn a_lease_shorter_than_the_longest_run_is_refused() {
         let mut s = Settings::default();
         s.runner.max_lease = Duration::from_secs(60);
-        s.engines
-            .get_mut("warehouse")
-            .expect("default engine")
-            .schema_template = "shared".into();
+        s.engines.get_mut("warehouse").expect("default engine").schema_template = "shared".into();
         let problems = s.problems();
-        assert!(
-            problems.iter().any(|p| p.contains("runner.max_lease")),
-            "{problems:?}"
-        );
-        assert!(
-            problems.iter().any(|p| p.contains("schema_template")),
-            "{problems:?}"
-        );
+        assert!(problems.iter().any(|p| p.contains("runner.max_lease")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("schema_template")), "{problems:?}");
     }
 }

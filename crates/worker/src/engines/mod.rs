@@ -25,17 +25,11 @@ pub struct RunError {
 
 impl RunError {
     pub fn retryable(message: impl Into<String>) -> Self {
-        RunError {
-            class: ErrorClass::Retryable,
-            message: message.into(),
-        }
+        RunError { class: ErrorClass::Retryable, message: message.into() }
     }
 
     pub fn permanent(message: impl Into<String>) -> Self {
-        RunError {
-            class: ErrorClass::Permanent,
-            message: message.into(),
-        }
+        RunError { class: ErrorClass::Permanent, message: message.into() }
     }
 }
 

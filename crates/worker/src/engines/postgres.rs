@@ -24,14 +24,8 @@ pub const JOB_ID_COLUMN: &str = "_job_id";
 pub const SCHEDULED_FOR_COLUMN: &str = "_scheduled_for";
 
 /// Types of the six named parameters, in [`params::NAMES`] order.
-const PARAM_TYPES: [Type; 6] = [
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TIMESTAMPTZ,
-    Type::TIMESTAMPTZ,
-    Type::TIMESTAMPTZ,
-];
+const PARAM_TYPES: [Type; 6] =
+    [Type::TEXT, Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ];
 
 pub struct PostgresEngine {
     pool: Pool,
@@ -41,21 +35,10 @@ pub struct PostgresEngine {
 
 impl PostgresEngine {
     /// A pool of at most `pool_size` connections; connections open on first use.
-    pub fn new(
-        url: &Secret,
-        pool_size: usize,
-        schema_template: &str,
-        max_rows: usize,
-    ) -> Result<Self, String> {
+    pub fn new(url: &Secret, pool_size: usize, schema_template: &str, max_rows: usize) -> Result<Self, String> {
         let config = tokio_postgres::Config::from_str(url.expose())
             .map_err(|e| format!("invalid PostgreSQL connection string: {e}"))?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(pool_size)
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -63,11 +46,7 @@ impl PostgresEngine {
             .wait_timeout(Some(Duration::from_secs(30)))
             .build()
             .map_err(|e| format!("cannot build the PostgreSQL pool: {e}"))?;
-        Ok(PostgresEngine {
-            pool,
-            schema_template: schema_template.to_owned(),
-            max_rows,
-        })
+        Ok(PostgresEngine { pool, schema_template: schema_template.to_owned(), max_rows })
     }
 
     /// The tenant's schema name.
@@ -86,14 +65,10 @@ impl Engine for PostgresEngine {
     async fn run(&self, job: &JobMessage) -> Result<RunOutput, RunError> {
         let schema = self.schema_for(&job.tenant_id);
         if schema.is_empty() || schema.len() > 63 || schema.contains('\0') {
-            return Err(RunError::permanent(format!(
-                "schema name {schema:?} is not a valid PostgreSQL identifier"
-            )));
+            return Err(RunError::permanent(format!("schema name {schema:?} is not a valid PostgreSQL identifier")));
         }
         let mut client =
-            self.pool.get().await.map_err(|e| {
-                RunError::retryable(format!("cannot get a database connection: {e}"))
-            })?;
+            self.pool.get().await.map_err(|e| RunError::retryable(format!("cannot get a database connection: {e}")))?;
 
         // 1. The query, read-only, in the tenant's schema.
         let result = {
@@ -112,10 +87,7 @@ impl Engine for PostgresEngine {
             .await
             .map_err(|e| classify(e, "set the session scope"))?;
             let sql = params::rewrite(&job.sql, |i| format!("${}", i + 1));
-            let statement = tx
-                .prepare_typed(&sql, &PARAM_TYPES)
-                .await
-                .map_err(|e| classify(e, "query"))?;
+            let statement = tx.prepare_typed(&sql, &PARAM_TYPES).await.map_err(|e| classify(e, "query"))?;
             let values = params::values(job);
             let bound: Vec<&(dyn ToSql + Sync)> = values
                 .iter()
@@ -124,10 +96,7 @@ impl Engine for PostgresEngine {
                     params::ParamValue::Timestamp(t) => t as &(dyn ToSql + Sync),
                 })
                 .collect();
-            let rows = tx
-                .query(&statement, &bound)
-                .await
-                .map_err(|e| classify(e, "query"))?;
+            let rows = tx.query(&statement, &bound).await.map_err(|e| classify(e, "query"))?;
             if rows.len() > self.max_rows {
                 return Err(RunError::permanent(format!(
                     "the query returned {} rows, over the limit of {} (engines.<name>.max_rows)",
@@ -135,42 +104,23 @@ impl Engine for PostgresEngine {
                     self.max_rows
                 )));
             }
-            let columns: Vec<(String, Type)> = statement
-                .columns()
-                .iter()
-                .map(|c| (c.name().to_owned(), c.type_().clone()))
-                .collect();
+            let columns: Vec<(String, Type)> =
+                statement.columns().iter().map(|c| (c.name().to_owned(), c.type_().clone())).collect();
             let table = to_table(&columns, &rows)?;
-            tx.rollback()
-                .await
-                .map_err(|e| classify(e, "end read-only transaction"))?;
+            tx.rollback().await.map_err(|e| classify(e, "end read-only transaction"))?;
             table
         };
 
         // 2. The idempotent write.
-        let written = write(
-            &mut client,
-            &schema,
-            &job.destination,
-            job.job_id.as_str(),
-            job.nominal_time,
-            &result,
-        )
-        .await?;
-        Ok(RunOutput {
-            rows_written: written,
-        })
+        let written =
+            write(&mut client, &schema, &job.destination, job.job_id.as_str(), job.nominal_time, &result).await?;
+        Ok(RunOutput { rows_written: written })
     }
 
     async fn ping(&self) -> Result<(), RunError> {
         let client =
-            self.pool.get().await.map_err(|e| {
-                RunError::retryable(format!("cannot get a database connection: {e}"))
-            })?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map_err(|e| classify(e, "ping"))?;
+            self.pool.get().await.map_err(|e| RunError::retryable(format!("cannot get a database connection: {e}")))?;
+        client.simple_query("SELECT 1").await.map_err(|e| classify(e, "ping"))?;
         Ok(())
     }
 }
@@ -229,38 +179,26 @@ fn to_table(columns: &[(String, Type)], rows: &[tokio_postgres::Row]) -> Result<
             )));
         }
         if name == JOB_ID_COLUMN || name == SCHEDULED_FOR_COLUMN {
-            return Err(RunError::permanent(format!(
-                "column name {name:?} is reserved for the worker's metadata"
-            )));
+            return Err(RunError::permanent(format!("column name {name:?} is reserved for the worker's metadata")));
         }
         if !seen.insert(name.as_str()) {
-            return Err(RunError::permanent(format!(
-                "the query returns two columns named {name:?}; alias them"
-            )));
+            return Err(RunError::permanent(format!("the query returns two columns named {name:?}; alias them")));
         }
     }
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let mut cells = Vec::with_capacity(columns.len());
         for (i, (name, ty)) in columns.iter().enumerate() {
-            let cell = read_cell(row, i, ty).map_err(|e| {
-                RunError::permanent(format!("cannot read column {name:?} ({ty}): {e}"))
-            })?;
+            let cell = read_cell(row, i, ty)
+                .map_err(|e| RunError::permanent(format!("cannot read column {name:?} ({ty}): {e}")))?;
             cells.push(cell);
         }
         out.push(cells);
     }
-    Ok(Table {
-        columns: columns.to_vec(),
-        rows: out,
-    })
+    Ok(Table { columns: columns.to_vec(), rows: out })
 }
 
-fn read_cell(
-    row: &tokio_postgres::Row,
-    i: usize,
-    ty: &Type,
-) -> Result<Value, tokio_postgres::Error> {
+fn read_cell(row: &tokio_postgres::Row, i: usize, ty: &Type) -> Result<Value, tokio_postgres::Error> {
     fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> Value) -> Value {
         v.map_or(Value::Null, f)
     }
@@ -271,9 +209,7 @@ fn read_cell(
         Type::INT8 => opt(row.try_get(i)?, Value::I64),
         Type::FLOAT4 => opt(row.try_get(i)?, Value::F32),
         Type::FLOAT8 => opt(row.try_get(i)?, Value::F64),
-        Type::NUMERIC => opt(row.try_get::<_, Option<NumericText>>(i)?, |n| {
-            Value::Numeric(n.0)
-        }),
+        Type::NUMERIC => opt(row.try_get::<_, Option<NumericText>>(i)?, |n| Value::Numeric(n.0)),
         Type::TIMESTAMPTZ => opt(row.try_get(i)?, Value::Timestamptz),
         Type::TIMESTAMP => opt(row.try_get(i)?, Value::Timestamp),
         Type::DATE => opt(row.try_get(i)?, Value::Date),
@@ -283,16 +219,8 @@ fn read_cell(
 }
 
 impl ToSql for Value {
-    fn to_sql(
-        &self,
-        ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
-        fn checked<T: ToSql>(
-            v: &T,
-            ty: &Type,
-            out: &mut BytesMut,
-        ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        fn checked<T: ToSql>(v: &T, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
             if !T::accepts(ty) {
                 return Err(format!(
                     "the destination column has type {ty}, which does not match the query's {}",
@@ -341,9 +269,7 @@ impl<'a> FromSql<'a> for NumericText {
 
 fn numeric_to_string(raw: &[u8]) -> Result<String, Box<dyn StdError + Sync + Send>> {
     let word = |i: usize| -> Result<u16, Box<dyn StdError + Sync + Send>> {
-        raw.get(i..i + 2)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]))
-            .ok_or_else(|| "truncated numeric".into())
+        raw.get(i..i + 2).map(|b| u16::from_be_bytes([b[0], b[1]])).ok_or_else(|| "truncated numeric".into())
     };
     let ndigits = word(0)? as usize;
     let weight = word(2)? as i16 as i32;
@@ -355,16 +281,9 @@ fn numeric_to_string(raw: &[u8]) -> Result<String, Box<dyn StdError + Sync + Sen
         0xF000 => return Ok("-Infinity".into()),
         _ => {}
     }
-    let digits: Vec<u16> = (0..ndigits)
-        .map(|i| word(8 + 2 * i))
-        .collect::<Result<_, _>>()?;
-    let digit_at = |index: i32| -> u16 {
-        if index >= 0 {
-            digits.get(index as usize).copied().unwrap_or(0)
-        } else {
-            0
-        }
-    };
+    let digits: Vec<u16> = (0..ndigits).map(|i| word(8 + 2 * i)).collect::<Result<_, _>>()?;
+    let digit_at =
+        |index: i32| -> u16 { if index >= 0 { digits.get(index as usize).copied().unwrap_or(0) } else { 0 } };
     let mut text = String::new();
     if sign == 0x4000 {
         text.push('-');
@@ -405,28 +324,16 @@ async fn write(
     jobs_core::names::check_destination(destination)
         .map_err(|r| RunError::permanent(format!("destination {destination:?} {r}")))?;
     let qualified = format!("{}.{}", quote_ident(schema), quote_ident(destination));
-    let tx = client
-        .transaction()
-        .await
-        .map_err(|e| classify(e, "begin write transaction"))?;
+    let tx = client.transaction().await.map_err(|e| classify(e, "begin write transaction"))?;
     // Serialises writers of one table: two deliveries of the same run cannot both insert,
     // and concurrent CREATE TABLE IF NOT EXISTS cannot collide.
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-        &[&qualified],
-    )
-    .await
-    .map_err(|e| classify(e, "lock the destination"))?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&qualified])
+        .await
+        .map_err(|e| classify(e, "lock the destination"))?;
     let column_ddl: Vec<String> = table
         .columns
         .iter()
-        .map(|(name, ty)| {
-            format!(
-                "{} {}",
-                quote_ident(name),
-                storage_type(ty).unwrap_or("text")
-            )
-        })
+        .map(|(name, ty)| format!("{} {}", quote_ident(name), storage_type(ty).unwrap_or("text")))
         .collect();
     let mut ddl = format!(
         "CREATE TABLE IF NOT EXISTS {qualified} ({} text NOT NULL, {} timestamptz NOT NULL",
@@ -438,28 +345,17 @@ async fn write(
         ddl.push_str(c);
     }
     ddl.push(')');
-    tx.batch_execute(&ddl)
-        .await
-        .map_err(|e| classify(e, "create the destination table"))?;
-    let index_name = quote_ident(&format!(
-        "{}__job_id_idx",
-        &destination[..destination.len().min(50)]
-    ));
+    tx.batch_execute(&ddl).await.map_err(|e| classify(e, "create the destination table"))?;
+    let index_name = quote_ident(&format!("{}__job_id_idx", &destination[..destination.len().min(50)]));
     tx.batch_execute(&format!(
         "CREATE INDEX IF NOT EXISTS {index_name} ON {qualified} ({})",
         quote_ident(JOB_ID_COLUMN)
     ))
     .await
     .map_err(|e| classify(e, "index the destination table"))?;
-    tx.execute(
-        &format!(
-            "DELETE FROM {qualified} WHERE {} = $1",
-            quote_ident(JOB_ID_COLUMN)
-        ),
-        &[&job_id],
-    )
-    .await
-    .map_err(|e| classify(e, "delete the previous rows of this run"))?;
+    tx.execute(&format!("DELETE FROM {qualified} WHERE {} = $1", quote_ident(JOB_ID_COLUMN)), &[&job_id])
+        .await
+        .map_err(|e| classify(e, "delete the previous rows of this run"))?;
 
     let per_row = table.columns.len() + 2;
     let chunk_rows = (60_000 / per_row).clamp(1, 1000);
@@ -470,10 +366,7 @@ async fn write(
         .collect();
     let mut written = 0u64;
     for chunk in table.rows.chunks(chunk_rows) {
-        let mut sql = format!(
-            "INSERT INTO {qualified} ({}) VALUES ",
-            column_list.join(", ")
-        );
+        let mut sql = format!("INSERT INTO {qualified} ({}) VALUES ", column_list.join(", "));
         let mut bound: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(chunk.len() * per_row);
         for (r, row) in chunk.iter().enumerate() {
             if r > 0 {
@@ -499,14 +392,9 @@ async fn write(
             }
             sql.push(')');
         }
-        written += tx
-            .execute(&sql, &bound)
-            .await
-            .map_err(|e| classify(e, "insert the result rows"))?;
+        written += tx.execute(&sql, &bound).await.map_err(|e| classify(e, "insert the result rows"))?;
     }
-    tx.commit()
-        .await
-        .map_err(|e| classify(e, "commit the result rows"))?;
+    tx.commit().await.map_err(|e| classify(e, "commit the result rows"))?;
     Ok(written)
 }
 
@@ -520,11 +408,7 @@ fn classify(e: tokio_postgres::Error, step: &str) -> RunError {
             || code.starts_with("53")
             || code.starts_with("57P")
             || matches!(code, "57014" | "40001" | "40P01" | "55P03");
-        return if retryable {
-            RunError::retryable(message)
-        } else {
-            RunError::permanent(message)
-        };
+        return if retryable { RunError::retryable(message) } else { RunError::permanent(message) };
     }
     let mut io = e.is_closed();
     let mut source = e.source();
@@ -553,34 +437,13 @@ mod tests {
 
     #[test]
     fn numerics_decode_to_exact_text() {
-        assert_eq!(
-            numeric_to_string(&encode(2, 1, 0, 0, &[12, 3456])).expect("ok"),
-            "123456"
-        );
-        assert_eq!(
-            numeric_to_string(&encode(2, 0, 0, 2, &[7, 5000])).expect("ok"),
-            "7.50"
-        );
-        assert_eq!(
-            numeric_to_string(&encode(1, -1, 0x4000, 3, &[120])).expect("ok"),
-            "-0.012"
-        );
-        assert_eq!(
-            numeric_to_string(&encode(1, -2, 0, 6, &[500])).expect("ok"),
-            "0.000005"
-        );
-        assert_eq!(
-            numeric_to_string(&encode(0, 0, 0, 0, &[])).expect("ok"),
-            "0"
-        );
-        assert_eq!(
-            numeric_to_string(&encode(1, 2, 0, 0, &[1])).expect("ok"),
-            "100000000"
-        );
-        assert_eq!(
-            numeric_to_string(&encode(0, 0, 0xC000, 0, &[])).expect("ok"),
-            "NaN"
-        );
+        assert_eq!(numeric_to_string(&encode(2, 1, 0, 0, &[12, 3456])).expect("ok"), "123456");
+        assert_eq!(numeric_to_string(&encode(2, 0, 0, 2, &[7, 5000])).expect("ok"), "7.50");
+        assert_eq!(numeric_to_string(&encode(1, -1, 0x4000, 3, &[120])).expect("ok"), "-0.012");
+        assert_eq!(numeric_to_string(&encode(1, -2, 0, 6, &[500])).expect("ok"), "0.000005");
+        assert_eq!(numeric_to_string(&encode(0, 0, 0, 0, &[])).expect("ok"), "0");
+        assert_eq!(numeric_to_string(&encode(1, 2, 0, 0, &[1])).expect("ok"), "100000000");
+        assert_eq!(numeric_to_string(&encode(0, 0, 0xC000, 0, &[])).expect("ok"), "NaN");
         assert!(numeric_to_string(&[0, 1]).is_err());
     }
 

@@ -24,10 +24,7 @@ pub struct SqliteEngine {
 
 impl SqliteEngine {
     pub fn new(dir: impl Into<PathBuf>, max_rows: usize) -> Self {
-        SqliteEngine {
-            dir: dir.into(),
-            max_rows,
-        }
+        SqliteEngine { dir: dir.into(), max_rows }
     }
 
     /// The tenant's database file.
@@ -46,30 +43,18 @@ fn classify(e: rusqlite::Error, step: &str) -> RunError {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::OperationInterrupted)
     );
     let message = format!("{step}: {e}");
-    if retryable {
-        RunError::retryable(message)
-    } else {
-        RunError::permanent(message)
-    }
+    if retryable { RunError::retryable(message) } else { RunError::permanent(message) }
 }
 
 /// Opens the tenant's file (which must exist: the tenant's data lives there).
 fn open(path: &Path) -> Result<Connection, RunError> {
     if !path.exists() {
-        return Err(RunError::permanent(format!(
-            "no database for this tenant at {}",
-            path.display()
-        )));
+        return Err(RunError::permanent(format!("no database for this tenant at {}", path.display())));
     }
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| classify(e, "open the tenant database"))?;
-    conn.busy_timeout(Duration::from_secs(5))
-        .map_err(|e| classify(e, "configure"))?;
-    conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)
-        .map_err(|e| classify(e, "configure"))?;
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|e| classify(e, "open the tenant database"))?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(|e| classify(e, "configure"))?;
+    conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0).map_err(|e| classify(e, "configure"))?;
     Ok(conn)
 }
 
@@ -79,18 +64,15 @@ struct Table {
 }
 
 fn query(conn: &Connection, job: &JobMessage, max_rows: usize) -> Result<Table, RunError> {
-    conn.pragma_update(None, "query_only", true)
-        .map_err(|e| classify(e, "configure"))?;
+    conn.pragma_update(None, "query_only", true).map_err(|e| classify(e, "configure"))?;
     let sql = params::rewrite(&job.sql, |i| format!("?{}", i + 1));
     let values = params::values(job);
     let result = (|| {
         let mut stmt = conn.prepare(&sql).map_err(|e| classify(e, "query"))?;
         for i in 1..=stmt.parameter_count() {
             // Only our own `?N` placeholders are bound; anything else stays NULL.
-            let Some(n) = stmt
-                .parameter_name(i)
-                .and_then(|name| name.strip_prefix('?'))
-                .and_then(|n| n.parse::<usize>().ok())
+            let Some(n) =
+                stmt.parameter_name(i).and_then(|name| name.strip_prefix('?')).and_then(|n| n.parse::<usize>().ok())
             else {
                 continue;
             };
@@ -99,9 +81,7 @@ fn query(conn: &Connection, job: &JobMessage, max_rows: usize) -> Result<Table, 
             };
             let bound = match value {
                 ParamValue::Text(s) => stmt.raw_bind_parameter(i, s),
-                ParamValue::Timestamp(t) => {
-                    stmt.raw_bind_parameter(i, t.to_rfc3339_opts(SecondsFormat::Millis, true))
-                }
+                ParamValue::Timestamp(t) => stmt.raw_bind_parameter(i, t.to_rfc3339_opts(SecondsFormat::Millis, true)),
             };
             bound.map_err(|e| classify(e, "bind parameters"))?;
         }
@@ -109,38 +89,28 @@ fn query(conn: &Connection, job: &JobMessage, max_rows: usize) -> Result<Table, 
         let mut seen = std::collections::HashSet::new();
         for c in &columns {
             if c == "_job_id" || c == "_scheduled_for" {
-                return Err(RunError::permanent(format!(
-                    "column name {c:?} is reserved for the worker's metadata"
-                )));
+                return Err(RunError::permanent(format!("column name {c:?} is reserved for the worker's metadata")));
             }
             if !seen.insert(c.as_str()) {
-                return Err(RunError::permanent(format!(
-                    "the query returns two columns named {c:?}; alias them"
-                )));
+                return Err(RunError::permanent(format!("the query returns two columns named {c:?}; alias them")));
             }
         }
         let mut rows = Vec::new();
         let mut cursor = stmt.raw_query();
         while let Some(row) = cursor.next().map_err(|e| classify(e, "query"))? {
             if rows.len() == max_rows {
-                return Err(RunError::permanent(format!(
-                    "the query returned more than {max_rows} rows (the limit)"
-                )));
+                return Err(RunError::permanent(format!("the query returned more than {max_rows} rows (the limit)")));
             }
             let mut cells = Vec::with_capacity(columns.len());
             for i in 0..columns.len() {
                 let cell = row.get_ref(i).map_err(|e| classify(e, "read a row"))?;
-                cells.push(
-                    Value::try_from(cell)
-                        .map_err(|e| RunError::permanent(format!("read a row: {e}")))?,
-                );
+                cells.push(Value::try_from(cell).map_err(|e| RunError::permanent(format!("read a row: {e}")))?);
             }
             rows.push(cells);
         }
         Ok(Table { columns, rows })
     })();
-    conn.pragma_update(None, "query_only", false)
-        .map_err(|e| classify(e, "configure"))?;
+    conn.pragma_update(None, "query_only", false).map_err(|e| classify(e, "configure"))?;
     result
 }
 
@@ -151,56 +121,40 @@ fn write(conn: &mut Connection, job: &JobMessage, table: &Table) -> Result<u64, 
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(|e| classify(e, "begin write transaction"))?;
-    let mut ddl = format!(
-        "CREATE TABLE IF NOT EXISTS {dest} (\"_job_id\" TEXT NOT NULL, \"_scheduled_for\" TEXT NOT NULL"
-    );
+    let mut ddl =
+        format!("CREATE TABLE IF NOT EXISTS {dest} (\"_job_id\" TEXT NOT NULL, \"_scheduled_for\" TEXT NOT NULL");
     for c in &table.columns {
         ddl.push_str(", ");
         ddl.push_str(&quote_ident(c));
     }
     ddl.push(')');
-    tx.execute_batch(&ddl)
-        .map_err(|e| classify(e, "create the destination table"))?;
+    tx.execute_batch(&ddl).map_err(|e| classify(e, "create the destination table"))?;
     tx.execute_batch(&format!(
         "CREATE INDEX IF NOT EXISTS {} ON {dest} (\"_job_id\")",
         quote_ident(&format!("{}__job_id_idx", job.destination))
     ))
     .map_err(|e| classify(e, "index the destination table"))?;
-    tx.execute(
-        &format!("DELETE FROM {dest} WHERE \"_job_id\" = ?1"),
-        [job.job_id.as_str()],
-    )
-    .map_err(|e| classify(e, "delete the previous rows of this run"))?;
+    tx.execute(&format!("DELETE FROM {dest} WHERE \"_job_id\" = ?1"), [job.job_id.as_str()])
+        .map_err(|e| classify(e, "delete the previous rows of this run"))?;
     let columns: Vec<String> = ["_job_id", "_scheduled_for"]
         .iter()
         .map(|c| quote_ident(c))
         .chain(table.columns.iter().map(|c| quote_ident(c)))
         .collect();
     let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
-    let insert = format!(
-        "INSERT INTO {dest} ({}) VALUES ({})",
-        columns.join(", "),
-        placeholders.join(", ")
-    );
-    let scheduled_for = job
-        .nominal_time
-        .to_rfc3339_opts(SecondsFormat::Millis, true);
+    let insert = format!("INSERT INTO {dest} ({}) VALUES ({})", columns.join(", "), placeholders.join(", "));
+    let scheduled_for = job.nominal_time.to_rfc3339_opts(SecondsFormat::Millis, true);
     let job_id = job.job_id.as_str();
     let mut written = 0u64;
     {
-        let mut stmt = tx
-            .prepare(&insert)
-            .map_err(|e| classify(e, "insert the result rows"))?;
+        let mut stmt = tx.prepare(&insert).map_err(|e| classify(e, "insert the result rows"))?;
         for row in &table.rows {
             let mut values: Vec<&dyn rusqlite::ToSql> = vec![&job_id, &scheduled_for];
             values.extend(row.iter().map(|v| v as &dyn rusqlite::ToSql));
-            written += stmt
-                .execute(values.as_slice())
-                .map_err(|e| classify(e, "insert the result rows"))? as u64;
+            written += stmt.execute(values.as_slice()).map_err(|e| classify(e, "insert the result rows"))? as u64;
         }
     }
-    tx.commit()
-        .map_err(|e| classify(e, "commit the result rows"))?;
+    tx.commit().map_err(|e| classify(e, "commit the result rows"))?;
     Ok(written)
 }
 
@@ -230,19 +184,14 @@ impl Engine for SqliteEngine {
         .await
         .map_err(|e| RunError::retryable(format!("run task failed: {e}")))?;
         watchdog.abort();
-        Ok(RunOutput {
-            rows_written: result?,
-        })
+        Ok(RunOutput { rows_written: result? })
     }
 
     async fn ping(&self) -> Result<(), RunError> {
         if self.dir.is_dir() {
             Ok(())
         } else {
-            Err(RunError::retryable(format!(
-                "data directory {} is missing",
-                self.dir.display()
-            )))
+            Err(RunError::retryable(format!("data directory {} is missing", self.dir.display())))
         }
     }
 }
@@ -254,10 +203,7 @@ mod tests {
     use jobs_core::{ErrorClass, JobId, Overlap, Trigger};
 
     fn job(sql: &str) -> JobMessage {
-        let nominal = Utc
-            .with_ymd_and_hms(2026, 12, 4, 10, 0, 0)
-            .single()
-            .expect("valid");
+        let nominal = Utc.with_ymd_and_hms(2026, 12, 4, 10, 0, 0).single().expect("valid");
         JobMessage {
             schema_version: "1.0".into(),
             job_id: JobId::for_run("acme", "a", "q", nominal),
@@ -280,11 +226,7 @@ mod tests {
     }
 
     fn engine() -> (SqliteEngine, PathBuf) {
-        let dir = std::env::temp_dir().join(format!(
-            "sqlite-engine-{}-{}",
-            std::process::id(),
-            fastrand_suffix()
-        ));
+        let dir = std::env::temp_dir().join(format!("sqlite-engine-{}-{}", std::process::id(), fastrand_suffix()));
         std::fs::create_dir_all(&dir).expect("dir");
         let conn = Connection::open(dir.join("acme.sqlite3")).expect("create");
         conn.execute_batch(
@@ -298,10 +240,7 @@ mod tests {
 
     fn fastrand_suffix() -> u64 {
         use std::time::{SystemTime, UNIX_EPOCH};
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
     }
 
     const SQL: &str = "SELECT store, SUM(amount) AS revenue, @tenant_id AS tenant FROM sales \
@@ -315,11 +254,9 @@ mod tests {
         }
         let conn = Connection::open(dir.join("acme.sqlite3")).expect("open");
         let (n, revenue, tenant): (i64, f64, String) = conn
-            .query_row(
-                "SELECT count(*), SUM(revenue), MAX(tenant) FROM out",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+            .query_row("SELECT count(*), SUM(revenue), MAX(tenant) FROM out", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .expect("row");
         assert_eq!((n, revenue, tenant.as_str()), (1, 12.5, "acme"));
     }
@@ -327,25 +264,17 @@ mod tests {
     #[tokio::test]
     async fn queries_cannot_write_or_attach_other_files() {
         let (engine, dir) = engine();
-        let err = engine
-            .run(&job("DELETE FROM sales RETURNING store"))
-            .await
-            .expect_err("read-only");
+        let err = engine.run(&job("DELETE FROM sales RETURNING store")).await.expect_err("read-only");
         assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
         let other = dir.join("globex.sqlite3");
         Connection::open(&other).expect("other tenant");
         let err = engine
-            .run(&job(&format!(
-                "ATTACH DATABASE '{}' AS other",
-                other.display()
-            )))
+            .run(&job(&format!("ATTACH DATABASE '{}' AS other", other.display())))
             .await
             .expect_err("attach refused");
         assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
         let conn = Connection::open(dir.join("acme.sqlite3")).expect("open");
-        let n: i64 = conn
-            .query_row("SELECT count(*) FROM sales", [], |r| r.get(0))
-            .expect("count");
+        let n: i64 = conn.query_row("SELECT count(*) FROM sales", [], |r| r.get(0)).expect("count");
         assert_eq!(n, 4);
     }
 
@@ -354,22 +283,14 @@ mod tests {
         let (engine, _dir) = engine();
         let mut j = job("SELECT 1 AS x");
         j.tenant_id = "nobody".into();
-        assert_eq!(
-            engine.run(&j).await.expect_err("missing").class,
-            ErrorClass::Permanent
-        );
-        assert_eq!(
-            engine.run(&job("SELEC 1")).await.expect_err("syntax").class,
-            ErrorClass::Permanent
-        );
+        assert_eq!(engine.run(&j).await.expect_err("missing").class, ErrorClass::Permanent);
+        assert_eq!(engine.run(&job("SELEC 1")).await.expect_err("syntax").class, ErrorClass::Permanent);
     }
 
     #[tokio::test]
     async fn a_query_past_its_timeout_is_interrupted_and_retryable() {
         let (engine, _dir) = engine();
-        let mut j = job(
-            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT MAX(x) AS m FROM c",
-        );
+        let mut j = job("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT MAX(x) AS m FROM c");
         j.timeout_secs = 1;
         let err = engine.run(&j).await.expect_err("interrupted");
         assert_eq!(err.class, ErrorClass::Retryable, "{}", err.message);
