@@ -128,7 +128,6 @@ impl Application {
         let timer_changed = Arc::new(Notify::new());
         let (runs_tx, runs_rx) = mpsc::channel::<DueRun>(10_000);
         let work = shutdown.child_token();
-        let admin_stop = CancellationToken::new();
         let mut tasks = Supervisor::new(work.clone());
 
         let mut syncer =
@@ -163,15 +162,10 @@ impl Application {
             );
         }
         let router = admin::router(AdminState { readiness, registry }).merge(crate::admin_api::router(schedule_api));
-        let admin_task = tokio::spawn(admin.serve(router, admin_stop.clone()));
+        let admin = admin.spawn(router);
 
         let result = tasks.join().await;
-        admin_stop.cancel();
-        match admin_task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "admin server failed"),
-            Err(e) => tracing::error!(error = %e, "admin server panicked"),
-        }
+        admin.stop().await;
         tracing::info!("controller stopped");
         result
     }

@@ -17,6 +17,19 @@ pub use google_cloud_pubsub::model::Message as PubsubMessage;
 pub use google_cloud_pubsub::subscriber::handler::Handler;
 pub use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior, ShutdownToken};
 
+/// Points a client builder at the emulator (anonymous credentials) when one is configured;
+/// every client builder of the crate has the same two methods but no common trait.
+macro_rules! emulator {
+    ($conn:expr, $builder:expr) => {
+        match &$conn.emulator_endpoint {
+            Some(endpoint) => $builder
+                .with_endpoint(endpoint.clone())
+                .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build()),
+            None => $builder,
+        }
+    };
+}
+
 /// The environment variable the Google client libraries read to find the emulator.
 pub const EMULATOR_HOST_VAR: &str = "PUBSUB_EMULATOR_HOST";
 
@@ -69,45 +82,28 @@ impl Connection {
     /// default keeps retrying for ten minutes). Callers own the retry beyond that.
     pub async fn publisher(&self, topic: &str, retry_limit: Duration) -> Result<TopicPublisher, BusError> {
         let path = self.topic_path(topic);
-        let mut builder = Publisher::builder(path.clone())
-            .with_retry_policy(RetryableErrors.with_time_limit(retry_limit))
-            .set_delay_threshold(Duration::from_millis(5));
-        if let Some(endpoint) = &self.emulator_endpoint {
-            builder = builder
-                .with_endpoint(endpoint.clone())
-                .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
-        }
+        let builder = emulator!(
+            self,
+            Publisher::builder(path.clone())
+                .with_retry_policy(RetryableErrors.with_time_limit(retry_limit))
+                .set_delay_threshold(Duration::from_millis(5))
+        );
         let inner = builder.build().await.map_err(|e| BusError::Build { client: "publisher", source: e.into() })?;
         Ok(TopicPublisher { inner, topic: path, timeout: retry_limit + Duration::from_secs(5) })
     }
 
     pub async fn subscriber(&self) -> Result<Subscriber, BusError> {
-        let mut builder = Subscriber::builder();
-        if let Some(endpoint) = &self.emulator_endpoint {
-            builder = builder
-                .with_endpoint(endpoint.clone())
-                .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
-        }
+        let builder = emulator!(self, Subscriber::builder());
         builder.build().await.map_err(|e| BusError::Build { client: "subscriber", source: e.into() })
     }
 
     async fn topic_admin(&self) -> Result<TopicAdmin, BusError> {
-        let mut builder = TopicAdmin::builder();
-        if let Some(endpoint) = &self.emulator_endpoint {
-            builder = builder
-                .with_endpoint(endpoint.clone())
-                .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
-        }
+        let builder = emulator!(self, TopicAdmin::builder());
         builder.build().await.map_err(|e| BusError::Build { client: "topic admin", source: e.into() })
     }
 
     async fn subscription_admin(&self) -> Result<SubscriptionAdmin, BusError> {
-        let mut builder = SubscriptionAdmin::builder();
-        if let Some(endpoint) = &self.emulator_endpoint {
-            builder = builder
-                .with_endpoint(endpoint.clone())
-                .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
-        }
+        let builder = emulator!(self, SubscriptionAdmin::builder());
         builder.build().await.map_err(|e| BusError::Build { client: "subscription admin", source: e.into() })
     }
 

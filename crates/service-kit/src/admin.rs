@@ -104,4 +104,30 @@ impl AdminServer {
             .await
             .map_err(|e| anyhow::anyhow!("admin server failed: {e}"))
     }
+
+    /// Serves in the background until [`RunningAdmin::stop`]; the admin server is the last
+    /// thing a service stops, so health checks answer while it drains.
+    pub fn spawn(self, app: Router) -> RunningAdmin {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(self.serve(app, stop.clone()));
+        RunningAdmin { stop, task }
+    }
+}
+
+/// A background admin server.
+pub struct RunningAdmin {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningAdmin {
+    /// Stops it and waits, logging a failure.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "admin server failed"),
+            Err(e) => tracing::error!(error = %e, "admin server panicked"),
+        }
+    }
 }

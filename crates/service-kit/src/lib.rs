@@ -3,6 +3,7 @@
 //! print, signal handling and named-task supervision.
 
 pub mod admin;
+pub mod launch;
 pub mod secret;
 pub mod settings;
 pub mod supervisor;

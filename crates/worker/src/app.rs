@@ -130,7 +130,6 @@ impl Application {
 
         let runner = Arc::new(Runner::new(engines.clone(), outputs, metrics.clone(), settings.runner.max_timeout));
         let work = shutdown.child_token();
-        let admin_stop = CancellationToken::new();
         let mut tasks = Supervisor::new(work.clone());
         tasks.spawn(
             "consumer",
@@ -147,15 +146,10 @@ impl Application {
         );
         tasks.spawn("engine-check", check_engines(engines, readiness.clone(), work.clone()));
         let router = admin::router(AdminState { readiness, registry });
-        let admin_task = tokio::spawn(admin.serve(router, admin_stop.clone()));
+        let admin = admin.spawn(router);
 
         let result = tasks.join().await;
-        admin_stop.cancel();
-        match admin_task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "admin server failed"),
-            Err(e) => tracing::error!(error = %e, "admin server panicked"),
-        }
+        admin.stop().await;
         tracing::info!("worker stopped");
         result
     }
