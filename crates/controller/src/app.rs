@@ -207,6 +207,7 @@ async fn run_sync(
                     true,
                     format!("{} schedules, {} skipped items", catalog.schedules.len(), catalog.problems.len()),
                 );
+                syncer.place_and_install(&catalog).await;
                 break;
             }
             Err(e) => {
@@ -240,11 +241,14 @@ async fn run_sync(
             tick = ticks.recv() => if tick.is_none() { break },
         }
         match syncer.sync_once().await {
-            Ok((_, catalog)) => readiness.set(
-                CHECK_CATALOG,
-                true,
-                format!("{} schedules, {} skipped items", catalog.schedules.len(), catalog.problems.len()),
-            ),
+            Ok((_, catalog)) => {
+                readiness.set(
+                    CHECK_CATALOG,
+                    true,
+                    format!("{} schedules, {} skipped items", catalog.schedules.len(), catalog.problems.len()),
+                );
+                syncer.place_and_install(&catalog).await;
+            }
             Err(e) => {
                 // Keep the running schedules: still ready, but say so.
                 readiness.set(CHECK_CATALOG, true, format!("last sync failed, running on the previous catalog: {e}"));

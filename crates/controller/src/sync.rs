@@ -89,12 +89,8 @@ impl Syncer {
             .await
             .map_err(|e| PlatformError::Token(format!("validation task failed: {e}")))?;
         self.report_problems(&catalog);
-        let placements = self.place(&catalog).await;
         let diff = {
             let mut timer = self.timer.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(p) = placements {
-                timer.set_placements(p);
-            }
             let diff = timer.apply(&catalog.schedules, Utc::now());
             self.metrics.schedules.set(timer.len() as i64);
             diff
@@ -118,6 +114,15 @@ impl Syncer {
             "catalog synced"
         );
         Ok((diff, catalog))
+    }
+
+    /// Places `catalog` (load-aware only) and installs the offsets in the timer. Called
+    /// after a sync is applied, so the schedules run on their hash offsets meanwhile; a new
+    /// offset applies from each schedule's next run.
+    pub async fn place_and_install(&mut self, catalog: &Catalog) {
+        if let Some(placements) = self.place(catalog).await {
+            self.timer.lock().unwrap_or_else(|p| p.into_inner()).set_placements(placements);
+        }
     }
 
     /// Load-aware placement of the catalog, keeping the offsets in force unless a fresh

@@ -445,6 +445,26 @@ mod tests {
     }
 
     #[test]
+    fn load_aware_offsets_are_used_inside_the_window_and_ignored_outside() {
+        let schedules = catalog(&[("a", "0 * * * *", Some("10m")), ("b", "0 * * * *", Some("10m"))]);
+        let keys: Vec<ScheduleKey> = schedules.keys().cloned().collect();
+        let mut timer = Timer::new(Strategy::LoadAware);
+        let placements: HashMap<ScheduleKey, Duration> =
+            [(keys[0].clone(), Duration::from_secs(120)), (keys[1].clone(), Duration::from_secs(3600))].into();
+        timer.set_placements(Arc::new(placements));
+        let start = utc("2026-12-04T09:30:00Z");
+        timer.apply(&schedules, start);
+        let runs = drive(&mut timer, start, utc("2026-12-04T10:15:00Z"), 1000);
+        let placed = |q: &str| runs.iter().find(|r| &*r.schedule.key.query_id == q).map(|r| r.placed).expect("fired");
+        assert_eq!(placed("a"), utc("2026-12-04T10:02:00Z"), "the placer's offset");
+        let b = placed("b");
+        assert!(b >= utc("2026-12-04T10:00:00Z") && b < utc("2026-12-04T10:10:00Z"), "outside the window: hash {b}");
+        let next = timer.next_runs(&schedules[&keys[0]], utc("2026-12-04T10:01:00Z"), 2);
+        assert_eq!(next[0], (utc("2026-12-04T10:00:00Z"), utc("2026-12-04T10:02:00Z")), "a pending run is listed");
+        assert_eq!(next[1].1, utc("2026-12-04T11:02:00Z"));
+    }
+
+    #[test]
     fn the_per_schedule_structures_stay_small() {
         assert_eq!(std::mem::size_of::<Slot>(), 24);
         assert_eq!(std::mem::size_of::<Reverse<Entry>>(), 16);
