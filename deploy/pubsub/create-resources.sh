@@ -19,6 +19,7 @@
 #   subscription  jobs-workers on jobs: ack deadline 60 s, retry backoff 10 s..600 s,
 #                 dead-letter to jobs-dead-letter after 20 delivery attempts, never expires
 #   subscription  jobs-dead-letter-keep on jobs-dead-letter, so dead letters are kept (7 days)
+#   subscription  job-results-controller on job-results: the controller learns run durations
 set -euo pipefail
 
 : "${PROJECT_ID:?set PROJECT_ID to the Google Cloud project id}"
@@ -28,6 +29,7 @@ METRICS_READER=${METRICS_READER:-}
 
 JOBS_TOPIC="jobs"
 RESULTS_TOPIC=job-results
+RESULTS_SUBSCRIPTION=job-results-controller
 DEAD_LETTER_TOPIC=jobs-dead-letter
 JOBS_SUBSCRIPTION=jobs-workers
 DEAD_LETTER_SUBSCRIPTION=jobs-dead-letter-keep
@@ -106,6 +108,13 @@ ensure_topic "$RESULTS_TOPIC"
 ensure_topic "$DEAD_LETTER_TOPIC"
 ensure_jobs_subscription
 ensure_dead_letter_subscription
+if gc pubsub subscriptions describe "$RESULTS_SUBSCRIPTION" >/dev/null 2>&1; then
+  log "subscription $RESULTS_SUBSCRIPTION exists"
+else
+  log "creating subscription $RESULTS_SUBSCRIPTION on $RESULTS_TOPIC (the controller learns run durations)"
+  gc pubsub subscriptions create "$RESULTS_SUBSCRIPTION" --topic="$RESULTS_TOPIC" --ack-deadline=60 \
+    --expiration-period=never
+fi
 
 # Dead-lettering is done by the Pub/Sub service agent: it must publish to the dead-letter
 # topic and acknowledge (subscribe to) the source subscription.
@@ -123,6 +132,7 @@ fi
 controller="serviceAccount:${CONTROLLER_GSA}"
 topic_binding "$JOBS_TOPIC" "$controller" roles/pubsub.publisher
 topic_binding "$JOBS_TOPIC" "$controller" roles/pubsub.viewer
+subscription_binding "$RESULTS_SUBSCRIPTION" "$controller" roles/pubsub.subscriber
 
 # Worker: pulls jobs-workers, publishes results and dead letters; its readiness check reads
 # the results topic (topics.get).
@@ -139,4 +149,4 @@ if [ -n "$METRICS_READER" ]; then
     --role=roles/monitoring.viewer --condition=None >/dev/null
 fi
 
-log "done: topics $JOBS_TOPIC, $RESULTS_TOPIC, $DEAD_LETTER_TOPIC; subscriptions $JOBS_SUBSCRIPTION, $DEAD_LETTER_SUBSCRIPTION"
+log "done: topics $JOBS_TOPIC, $RESULTS_TOPIC, $DEAD_LETTER_TOPIC; subscriptions $JOBS_SUBSCRIPTION, $DEAD_LETTER_SUBSCRIPTION, $RESULTS_SUBSCRIPTION"

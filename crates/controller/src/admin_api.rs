@@ -26,6 +26,7 @@ pub type CatalogView = Arc<RwLock<Arc<BTreeMap<ScheduleKey, Arc<Schedule>>>>>;
 pub struct ScheduleApi {
     pub catalog: CatalogView,
     pub timer: Arc<Mutex<Timer>>,
+    pub observed: Arc<crate::durations::Observed>,
 }
 
 #[derive(Deserialize)]
@@ -67,6 +68,7 @@ fn describe(api: &ScheduleApi, s: &Schedule, next: usize) -> Value {
         "destination": &*s.destination,
         "timeout_s": s.timeout.as_secs(),
         "estimated_duration_s": s.estimated_duration.map(|d| d.as_secs()),
+        "observed_duration_s": api.observed.get(&s.key).map(|d| d.as_secs_f64()),
         "next": runs.iter().map(|(nominal, placed)| json!({
             "nominal": nominal,
             "placed": placed,

@@ -133,10 +133,41 @@ impl Application {
         let mut syncer =
             Syncer::new(source, settings.catalog.policy(), timer.clone(), timer_changed.clone(), metrics.clone());
         syncer.placement = settings.placement.clone();
-        let schedule_api = crate::admin_api::ScheduleApi { catalog: syncer.view.clone(), timer: timer.clone() };
+        let schedule_api = crate::admin_api::ScheduleApi {
+            catalog: syncer.view.clone(),
+            timer: timer.clone(),
+            observed: syncer.observed.clone(),
+        };
+        if uses_pubsub && !settings.pubsub.results_subscription.is_empty() {
+            let ps = &settings.pubsub;
+            if ps.create_topics {
+                connection.ensure_topic(&ps.results_topic).await?;
+                connection
+                    .ensure_subscription(&pubsub_bus::SubscriptionSpec::plain(
+                        &ps.results_subscription,
+                        &ps.results_topic,
+                    ))
+                    .await?;
+            }
+            tasks.spawn(
+                "learn-durations",
+                learn_durations(
+                    connection.clone(),
+                    ps.results_subscription.clone(),
+                    syncer.observed.clone(),
+                    work.clone(),
+                ),
+            );
+        }
         tasks.spawn(
             "due-forecast",
-            forecast_due(timer.clone(), settings.placement.default_duration, metrics.clone(), work.clone()),
+            forecast_due(
+                timer.clone(),
+                syncer.observed.clone(),
+                settings.placement.default_duration,
+                metrics.clone(),
+                work.clone(),
+            ),
         );
         tasks.spawn("catalog-sync", run_sync(syncer, settings.catalog.sync_interval, readiness.clone(), work.clone()));
         tasks.spawn("timer", crate::timer::drive(timer, timer_changed, runs_tx, metrics.clone(), work.clone()));
@@ -266,6 +297,7 @@ async fn run_sync(
 /// a scaling signal that leads the subscription backlog (which lags by minutes).
 async fn forecast_due(
     timer: Arc<Mutex<Timer>>,
+    observed: Arc<crate::durations::Observed>,
     default_duration: Duration,
     metrics: Metrics,
     stop: CancellationToken,
@@ -276,7 +308,7 @@ async fn forecast_due(
     loop {
         let due = {
             let timer = timer.lock().unwrap_or_else(|p| p.into_inner());
-            timer.due_within(chrono::Utc::now(), &windows, default_duration)
+            timer.due_within(chrono::Utc::now(), &windows, |s| observed.expected(s, default_duration))
         };
         for ((label, _), (runs, work)) in WINDOWS.iter().zip(due) {
             let l = crate::metrics::WindowLabels { window: label };
@@ -288,4 +320,35 @@ async fn forecast_due(
             _ = tokio::time::sleep(Duration::from_secs(15)) => {}
         }
     }
+}
+
+/// Reads the workers' result events and learns each schedule's run time. Every message is
+/// acked: these are observations, and a bad one is only logged.
+async fn learn_durations(
+    connection: pubsub_bus::Connection,
+    subscription: String,
+    observed: Arc<crate::durations::Observed>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let subscriber = connection.subscriber().await?;
+    let mut stream = subscriber.subscribe(connection.subscription_path(&subscription)).build();
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => break,
+            next = stream.next() => next,
+        };
+        match next {
+            Some(Ok((message, handler))) => {
+                match jobs_core::ResultEvent::decode(&message.data) {
+                    Ok(event) => observed.record(&event),
+                    Err(e) => tracing::warn!(error = %e, "undecodable result event ignored"),
+                }
+                handler.ack();
+            }
+            Some(Err(e)) => anyhow::bail!("reading {subscription} failed: {e}"),
+            None => anyhow::bail!("the {subscription} stream ended"),
+        }
+    }
+    stream.shutdown_token().shutdown().await;
+    Ok(())
 }

@@ -6,6 +6,7 @@ pub mod admin_api;
 pub mod app;
 pub mod bench;
 pub mod catalog;
+pub mod durations;
 pub mod metrics;
 pub mod placement;
 pub mod plan;

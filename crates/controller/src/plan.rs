@@ -22,6 +22,16 @@ pub fn items(
     horizon: Duration,
     default_duration: Duration,
 ) -> Vec<Item> {
+    items_with(schedules, start, horizon, |s| s.estimated_duration.unwrap_or(default_duration))
+}
+
+/// As [`items`], with each schedule's expected run time from `duration`.
+pub fn items_with(
+    schedules: &BTreeMap<ScheduleKey, Arc<Schedule>>,
+    start: DateTime<Utc>,
+    horizon: Duration,
+    duration: impl Fn(&Schedule) -> Duration,
+) -> Vec<Item> {
     let end = start + chrono::Duration::from_std(horizon).unwrap_or_default();
     // Schedules sharing a cadence share its calendar and shortest interval.
     let mut calendars: HashMap<*const Cadence, (Arc<Vec<u32>>, Duration)> = HashMap::new();
@@ -34,7 +44,7 @@ pub fn items(
                 key: s.key.clone(),
                 nominal_s,
                 window: s.spread.min(min_interval),
-                duration: s.estimated_duration.unwrap_or(default_duration).max(Duration::from_secs(1)),
+                duration: duration(s).max(Duration::from_secs(1)),
             }
         })
         .collect()

@@ -168,8 +168,14 @@ pub struct PubsubSettings {
     /// Google Cloud project of the topics. `PUBSUB_EMULATOR_HOST` selects the emulator.
     pub project: String,
     pub jobs_topic: String,
-    /// Create the jobs topic at start-up if missing (emulator and development).
+    /// Create the jobs topic (and the results subscription, when set) at start-up if
+    /// missing (emulator and development).
     pub create_topics: bool,
+    /// The workers' result events topic, read for observed run durations.
+    pub results_topic: String,
+    /// A subscription of the controller's own on `results_topic`; empty turns the learning
+    /// of run durations off.
+    pub results_subscription: String,
     /// Bound on the client's own publish retries; the controller retries beyond it.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
@@ -186,6 +192,8 @@ impl Default for PubsubSettings {
             project: "local-project".into(),
             jobs_topic: "jobs".into(),
             create_topics: false,
+            results_topic: "job-results".into(),
+            results_subscription: String::new(),
             publish_timeout: Duration::from_secs(30),
             max_in_flight: 256,
             drain_timeout: Duration::from_secs(10),
@@ -286,6 +294,10 @@ impl Validate for Settings {
             p.push("pubsub.project is empty".into());
         }
         check_topic_name("pubsub.jobs_topic", &ps.jobs_topic, &mut p);
+        if !ps.results_subscription.is_empty() {
+            check_topic_name("pubsub.results_topic", &ps.results_topic, &mut p);
+            check_topic_name("pubsub.results_subscription", &ps.results_subscription, &mut p);
+        }
         if ps.publish_timeout.is_zero() {
             p.push("pubsub.publish_timeout must be above 0".into());
         }

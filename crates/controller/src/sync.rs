@@ -49,6 +49,8 @@ pub struct Syncer {
     pub view: crate::admin_api::CatalogView,
     /// When a fresh placement was last weighed against the one in force.
     last_rebalance: Option<std::time::Instant>,
+    /// Run durations learned from the result events.
+    pub observed: Arc<crate::durations::Observed>,
     known_problems: BTreeSet<Problem>,
 }
 
@@ -70,6 +72,7 @@ impl Syncer {
             metrics,
             view: Arc::default(),
             last_rebalance: None,
+            observed: Arc::default(),
             known_problems: BTreeSet::new(),
         }
     }
@@ -97,6 +100,7 @@ impl Syncer {
         };
         self.timer_changed.notify_one();
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog.schedules.clone());
+        self.observed.retain(|k| catalog.schedules.contains_key(k));
         self.metrics.catalog_syncs.get_or_create(&OutcomeLabels { outcome: "ok" }).inc();
         for (kind, o) in [("tenant", catalog.tenants), ("app", catalog.apps), ("query", catalog.queries)] {
             for (outcome, n) in [("scheduled", o.scheduled), ("skipped", o.skipped), ("inactive", o.inactive)] {
@@ -135,6 +139,7 @@ impl Syncer {
             return None;
         }
         let (schedules, settings, prior) = (catalog.schedules.clone(), self.placement.clone(), self.placements.clone());
+        let observed = self.observed.clone();
         // Weigh a full re-placement at most once an hour; in between, new schedules are
         // placed around the offsets in force.
         let rebalance = self.last_rebalance.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(3600));
@@ -143,7 +148,9 @@ impl Syncer {
         }
         let started = std::time::Instant::now();
         let placed = tokio::task::spawn_blocking(move || {
-            let items = crate::plan::items(&schedules, Utc::now(), settings.horizon, settings.default_duration);
+            let items = crate::plan::items_with(&schedules, Utc::now(), settings.horizon, |s| {
+                observed.expected(s, settings.default_duration)
+            });
             let placer =
                 crate::placement::LoadAware { margin: settings.rebalance_margin, rebalance, ..Default::default() };
             placer.place(&items, (!prior.is_empty()).then_some(&*prior), settings.horizon)

@@ -111,8 +111,13 @@ impl Timer {
     }
 
     /// The runs due in `(now, now + window]` for each window, and their expected work in
-    /// seconds (the schedule's estimate, else `default_duration`): the autoscaling signal.
-    pub fn due_within(&self, now: DateTime<Utc>, windows: &[Duration], default_duration: Duration) -> Vec<(u64, f64)> {
+    /// seconds (`duration` of each schedule): the autoscaling signal.
+    pub fn due_within(
+        &self,
+        now: DateTime<Utc>,
+        windows: &[Duration],
+        duration: impl Fn(&Schedule) -> Duration,
+    ) -> Vec<(u64, f64)> {
         let mut out = vec![(0u64, 0.0f64); windows.len()];
         let Some(longest) = windows.iter().max().and_then(|w| chrono::Duration::from_std(*w).ok()) else {
             return out;
@@ -141,7 +146,7 @@ impl Timer {
                 }
                 times
             });
-            let work = schedule.estimated_duration.unwrap_or(default_duration).as_secs_f64();
+            let work = duration(schedule).as_secs_f64();
             for nominal in calendar.iter() {
                 let placed = *nominal + offset;
                 if placed <= now {

@@ -240,6 +240,10 @@ async fn a_resync_adds_changes_and_removes_schedules_without_a_restart() {
     settings.catalog.sync_interval = Duration::from_secs(1);
     settings.pubsub.project = project;
     settings.pubsub.jobs_topic = jobs;
+    let results_topic = unique("results");
+    settings.pubsub.results_topic = results_topic.clone();
+    settings.pubsub.results_subscription = format!("{results_topic}-controller");
+    settings.pubsub.create_topics = true;
     let app = controller::Application::build(settings, &app_env()).await.expect("builds");
     let admin = app.admin_addr();
     let shutdown = CancellationToken::new();
@@ -267,6 +271,34 @@ async fn a_resync_adds_changes_and_removes_schedules_without_a_restart() {
     assert_eq!(status, 404);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&body).expect("json")["code"], "not_found");
     assert_eq!(get(admin, "/v1/schedules/acme/shop/kept?next=1000").await.0, 400);
+
+    // Run durations are learned from the result events.
+    let results = bus.publisher(&results_topic, Duration::from_secs(10)).await.expect("publisher");
+    let started = chrono::Utc::now();
+    let event = jobs_core::ResultEvent {
+        schema_version: "1.0".into(),
+        job_id: JobId::for_run("acme", "shop", "kept", started),
+        tenant_id: "acme".into(),
+        app_id: "shop".into(),
+        query_id: "kept".into(),
+        nominal_time: started,
+        status: RunStatus::Succeeded,
+        attempt: 1,
+        rows_written: 1,
+        started_at: started,
+        finished_at: started + chrono::Duration::seconds(42),
+        error_class: None,
+        error_message: None,
+    };
+    results.publish(event.encode(), [("job_id", event.job_id.to_string())]).await.expect("publish result");
+    results.publish(b"not a result".to_vec(), [("job_id", "x")]).await.expect("publish garbage");
+    let learned = eventually(Duration::from_secs(20), || async {
+        let (_, body) = get(admin, "/v1/schedules/acme/shop/kept").await;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["observed_duration_s"].as_f64()
+    })
+    .await;
+    assert_eq!(learned, Some(42.0), "the observed duration is learned");
 
     tokio::time::sleep(Duration::from_millis(2500)).await;
     write_catalog(&[("kept", "* * * * * *"), ("changed", "* * * * * *"), ("added", "* * * * * *")]);
