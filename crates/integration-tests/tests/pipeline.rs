@@ -31,7 +31,10 @@ fn worker_settings(t: &Topics, db: &TestDb) -> worker::Settings {
     s.pubsub.max_backoff = Duration::from_secs(2);
     s.runner.max_in_flight = 4;
     s.runner.grace_period = Duration::from_secs(5);
-    s.engines.get_mut("warehouse").expect("default engine").url = service_kit::Secret::new(db.url.clone());
+    s.engines.insert(
+        "warehouse".into(),
+        worker::settings::EngineSettings { url: service_kit::Secret::new(db.url.clone()), ..Default::default() },
+    );
     s
 }
 

@@ -43,7 +43,10 @@ async fn start_worker() -> Harness {
     s.pubsub.min_backoff = Duration::from_secs(1);
     s.pubsub.max_backoff = Duration::from_secs(1);
     s.runner.grace_period = Duration::from_secs(2);
-    s.engines.get_mut("warehouse").expect("engine").url = service_kit::Secret::new(db.url.clone());
+    s.engines.insert(
+        "warehouse".into(),
+        worker::settings::EngineSettings { url: service_kit::Secret::new(db.url.clone()), ..Default::default() },
+    );
     let app = worker::Application::build(s, &app_env()).await.expect("worker builds");
     let admin = app.admin_addr();
     let shutdown = CancellationToken::new();

@@ -9,27 +9,16 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub admin: AdminSettings,
     pub log: LogSettings,
     pub pubsub: PubsubSettings,
     pub runner: RunnerSettings,
-    /// Engines by the name queries use in their `engine` field.
+    /// Engines by the name queries use in their `engine` field (none by default: each is
+    /// configured, e.g. `[engines.warehouse]` or `WORKER_ENGINES__WAREHOUSE__URL`).
     pub engines: BTreeMap<String, EngineSettings>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            admin: AdminSettings::default(),
-            log: LogSettings::default(),
-            pubsub: PubsubSettings::default(),
-            runner: RunnerSettings::default(),
-            engines: [("warehouse".to_owned(), EngineSettings::default())].into(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -239,7 +228,7 @@ mod tests {
     fn a_lease_shorter_than_the_longest_run_is_refused() {
         let mut s = Settings::default();
         s.runner.max_lease = Duration::from_secs(60);
-        s.engines.get_mut("warehouse").expect("default engine").schema_template = "shared".into();
+        s.engines.insert("warehouse".into(), EngineSettings { schema_template: "shared".into(), ..Default::default() });
         let problems = s.problems();
         assert!(problems.iter().any(|p| p.contains("runner.max_lease")), "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("schema_template")), "{problems:?}");
