@@ -210,13 +210,7 @@ async fn check_pubsub(
     readiness: Arc<Readiness>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    connection
-        .wait_for_topic(&topic, &stop, |outcome| match outcome {
-            Ok(()) => readiness.set(CHECK_PUBSUB, true, format!("topic {topic} answered")),
-            Err(e) => readiness.set(CHECK_PUBSUB, false, e.to_string()),
-        })
-        .await;
-    stop.cancelled().await;
+    connection.report_readiness(&topic, &stop, |ok, detail| readiness.set(CHECK_PUBSUB, ok, detail)).await;
     Ok(())
 }
 
@@ -306,10 +300,29 @@ async fn forecast_due(
         [("1m", Duration::from_secs(60)), ("5m", Duration::from_secs(300)), ("15m", Duration::from_secs(900))];
     let windows: Vec<Duration> = WINDOWS.iter().map(|(_, d)| *d).collect();
     loop {
-        let due = {
-            let timer = timer.lock().unwrap_or_else(|p| p.into_inner());
-            timer.due_within(chrono::Utc::now(), &windows, |s| observed.expected(s, default_duration))
-        };
+        // Walk the timer in chunks, releasing its lock in between, so the forecast never
+        // holds back a due run for long.
+        const CHUNK: usize = 20_000;
+        let now = chrono::Utc::now();
+        let mut due = vec![(0u64, 0.0f64); WINDOWS.len()];
+        let mut start = 0;
+        loop {
+            let (part, slots) = {
+                let timer = timer.lock().unwrap_or_else(|p| p.into_inner());
+                let part =
+                    timer.due_within(now, &windows, |s| observed.expected(s, default_duration), start..start + CHUNK);
+                (part, timer.slot_count())
+            };
+            for (total, (runs, work)) in due.iter_mut().zip(part) {
+                total.0 += runs;
+                total.1 += work;
+            }
+            start += CHUNK;
+            if start >= slots {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         for ((label, _), (runs, work)) in WINDOWS.iter().zip(due) {
             let l = crate::metrics::WindowLabels { window: label };
             metrics.due_runs.get_or_create(&l).set(runs as i64);

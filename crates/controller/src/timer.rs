@@ -105,6 +105,11 @@ impl Timer {
         }
     }
 
+    /// Slots allocated (held schedules and free slots).
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
     /// Installs load-aware offsets; they apply from each schedule's next placement.
     pub fn set_placements(&mut self, placements: Arc<HashMap<ScheduleKey, Duration>>) {
         self.placements = placements;
@@ -112,11 +117,15 @@ impl Timer {
 
     /// The runs due in `(now, now + window]` for each window, and their expected work in
     /// seconds (`duration` of each schedule): the autoscaling signal.
+    ///
+    /// Only the slots in `slots` are counted, so a caller can walk a large timer in chunks
+    /// without holding its lock for long (see [`Timer::slot_count`]).
     pub fn due_within(
         &self,
         now: DateTime<Utc>,
         windows: &[Duration],
         duration: impl Fn(&Schedule) -> Duration,
+        slots: std::ops::Range<usize>,
     ) -> Vec<(u64, f64)> {
         let mut out = vec![(0u64, 0.0f64); windows.len()];
         let Some(longest) = windows.iter().max().and_then(|w| chrono::Duration::from_std(*w).ok()) else {
@@ -125,7 +134,8 @@ impl Timer {
         let horizon = now + longest;
         // Schedules sharing a cadence and a pending nominal time share their calendar.
         let mut calendars: HashMap<(*const Cadence, u32), Vec<DateTime<Utc>>> = HashMap::new();
-        for slot in &self.slots {
+        let slots = slots.start.min(self.slots.len())..slots.end.min(self.slots.len());
+        for slot in &self.slots[slots] {
             let Some(schedule) = &slot.schedule else {
                 continue;
             };
@@ -467,6 +477,28 @@ mod tests {
         let next = timer.next_runs(&schedules[&keys[0]], utc("2026-12-04T10:01:00Z"), 2);
         assert_eq!(next[0], (utc("2026-12-04T10:00:00Z"), utc("2026-12-04T10:02:00Z")), "a pending run is listed");
         assert_eq!(next[1].1, utc("2026-12-04T11:02:00Z"));
+    }
+
+    #[test]
+    fn the_forecast_counts_the_runs_due_and_their_work_in_any_chunking() {
+        let schedules =
+            catalog(&[("ten", "*/10 * * * * *", None), ("hourly", "0 * * * *", None), ("later", "0 12 * * *", None)]);
+        let mut timer = Timer::new(Strategy::None);
+        let now = utc("2026-12-04T09:58:00.5Z");
+        timer.apply(&schedules, now);
+        let windows = [Duration::from_secs(60), Duration::from_secs(300)];
+        let thirty = |_: &Schedule| Duration::from_secs(30);
+        let all = timer.due_within(now, &windows, thirty, 0..timer.slot_count());
+        // Next minute: 6 runs of "ten"; next 5 minutes: 30 of "ten" and the 10:00 "hourly".
+        assert_eq!(all, vec![(6, 180.0), (31, 930.0)]);
+        let mut chunked = vec![(0, 0.0); 2];
+        for i in 0..timer.slot_count() {
+            for (t, p) in chunked.iter_mut().zip(timer.due_within(now, &windows, thirty, i..i + 1)) {
+                t.0 += p.0;
+                t.1 += p.1;
+            }
+        }
+        assert_eq!(chunked, all);
     }
 
     #[test]

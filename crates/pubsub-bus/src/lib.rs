@@ -146,6 +146,22 @@ impl Connection {
         }
     }
 
+    /// A readiness task: reports whether `topic` answers to `set` (ok, detail) until it
+    /// does, then waits for `stop`, so that it ends only at shutdown.
+    pub async fn report_readiness(
+        &self,
+        topic: &str,
+        stop: &tokio_util::sync::CancellationToken,
+        set: impl Fn(bool, String),
+    ) {
+        self.wait_for_topic(topic, stop, |outcome| match outcome {
+            Ok(()) => set(true, format!("topic {topic} answered")),
+            Err(e) => set(false, e.to_string()),
+        })
+        .await;
+        stop.cancelled().await;
+    }
+
     /// Creates `topic` unless it exists. Meant for the emulator and development; production
     /// topics are provisioned with the infrastructure.
     pub async fn ensure_topic(&self, topic: &str) -> Result<(), BusError> {

@@ -126,7 +126,6 @@ impl Application {
             .set_max_outstanding_messages(settings.runner.max_in_flight as i64)
             .set_shutdown_behavior(pubsub_bus::ShutdownBehavior::WaitForProcessing)
             .build();
-        readiness.set(CHECK_PUBSUB, true, format!("pulling from {}", ps.jobs_subscription));
 
         let runner = Arc::new(Runner::new(engines.clone(), outputs, metrics.clone(), settings.runner.max_timeout));
         let work = shutdown.child_token();
@@ -145,6 +144,13 @@ impl Application {
             ),
         );
         tasks.spawn("engine-check", check_engines(engines, readiness.clone(), work.clone()));
+        let (pubsub_readiness, stop, topic) = (readiness.clone(), work.clone(), ps.results_topic.clone());
+        tasks.spawn("pubsub-check", async move {
+            connection
+                .report_readiness(&topic, &stop, |ok, detail| pubsub_readiness.set(CHECK_PUBSUB, ok, detail))
+                .await;
+            Ok(())
+        });
         let router = admin::router(AdminState { readiness, registry });
         let admin = admin.spawn(router);
 
