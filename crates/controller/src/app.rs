@@ -336,7 +336,9 @@ async fn forecast_due(
 }
 
 /// Reads the workers' result events and learns each schedule's run time. Every message is
-/// acked: these are observations, and a bad one is only logged.
+/// acked: these are observations, and a bad one is only logged. The learning is optional:
+/// if the subscription fails (missing, no permission) it says so and retries every 30 s
+/// instead of stopping the controller.
 async fn learn_durations(
     connection: pubsub_bus::Connection,
     subscription: String,
@@ -344,24 +346,31 @@ async fn learn_durations(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let subscriber = connection.subscriber().await?;
-    let mut stream = subscriber.subscribe(connection.subscription_path(&subscription)).build();
     loop {
-        let next = tokio::select! {
-            _ = stop.cancelled() => break,
-            next = stream.next() => next,
-        };
-        match next {
-            Some(Ok((message, handler))) => {
-                match jobs_core::ResultEvent::decode(&message.data) {
-                    Ok(event) => observed.record(&event),
-                    Err(e) => tracing::warn!(error = %e, "undecodable result event ignored"),
+        let mut stream = subscriber.subscribe(connection.subscription_path(&subscription)).build();
+        let failure = loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => break None,
+                next = stream.next() => next,
+            };
+            match next {
+                Some(Ok((message, handler))) => {
+                    match jobs_core::ResultEvent::decode(&message.data) {
+                        Ok(event) => observed.record(&event),
+                        Err(e) => tracing::warn!(error = %e, "undecodable result event ignored"),
+                    }
+                    handler.ack();
                 }
-                handler.ack();
+                Some(Err(e)) => break Some(e.to_string()),
+                None => break Some("the stream ended".to_owned()),
             }
-            Some(Err(e)) => anyhow::bail!("reading {subscription} failed: {e}"),
-            None => anyhow::bail!("the {subscription} stream ended"),
+        };
+        stream.shutdown_token().shutdown().await;
+        let Some(error) = failure else { return Ok(()) };
+        tracing::warn!(subscription = %subscription, error = %error, "cannot read result events; run durations are not learned, retrying in 30 s");
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
         }
     }
-    stream.shutdown_token().shutdown().await;
-    Ok(())
 }
