@@ -201,16 +201,9 @@ impl Default for PubsubSettings {
     }
 }
 
-fn check_topic_name(key: &str, name: &str, problems: &mut Vec<String>) {
-    let ok = name.len() >= 3
-        && name.len() <= 255
-        && name.starts_with(|c: char| c.is_ascii_alphabetic())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c))
-        && !name.starts_with("goog");
-    if !ok {
-        problems.push(format!(
-            "{key} {name:?} is not a valid Pub/Sub name (3-255 characters, starts with a letter, [A-Za-z0-9-_.~+%])"
-        ));
+fn check_name(key: &str, name: &str, problems: &mut Vec<String>) {
+    if let Err(e) = pubsub_bus::check_resource_name(name) {
+        problems.push(format!("{key} {e}"));
     }
 }
 
@@ -293,10 +286,10 @@ impl Validate for Settings {
         if ps.project.trim().is_empty() {
             p.push("pubsub.project is empty".into());
         }
-        check_topic_name("pubsub.jobs_topic", &ps.jobs_topic, &mut p);
+        check_name("pubsub.jobs_topic", &ps.jobs_topic, &mut p);
         if !ps.results_subscription.is_empty() {
-            check_topic_name("pubsub.results_topic", &ps.results_topic, &mut p);
-            check_topic_name("pubsub.results_subscription", &ps.results_subscription, &mut p);
+            check_name("pubsub.results_topic", &ps.results_topic, &mut p);
+            check_name("pubsub.results_subscription", &ps.results_subscription, &mut p);
         }
         if ps.publish_timeout.is_zero() {
             p.push("pubsub.publish_timeout must be above 0".into());

@@ -204,6 +204,23 @@ impl Connection {
     }
 }
 
+/// Checks a topic or subscription id against Pub/Sub's rules: 3 to 255 characters of
+/// `[A-Za-z0-9-_.~+%]`, starting with a letter, not starting with `goog`. The error says so.
+pub fn check_resource_name(name: &str) -> Result<(), String> {
+    let ok = name.len() >= 3
+        && name.len() <= 255
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c))
+        && !name.starts_with("goog");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid Pub/Sub name (3-255 characters of [A-Za-z0-9-_.~+%], starting with a letter, not with goog)"
+        ))
+    }
+}
+
 /// A subscription as `ensure_subscription` creates it.
 #[derive(Debug, Clone)]
 pub struct SubscriptionSpec {
@@ -301,6 +318,16 @@ mod tests {
     fn without_the_variable_google_is_used() {
         assert_eq!(Connection::from_env("p", &env(&[])).emulator_endpoint, None);
         assert_eq!(Connection::from_env("p", &env(&[(EMULATOR_HOST_VAR, " ")])).emulator_endpoint, None);
+    }
+
+    #[test]
+    fn resource_names_follow_pubsub_rules() {
+        for ok in ["jobs", "job-results", "a.b~c+d%e_f"] {
+            assert!(check_resource_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["j", "1jobs", "google-jobs", "jobs/x", &"x".repeat(256)] {
+            assert!(check_resource_name(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

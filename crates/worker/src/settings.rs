@@ -137,12 +137,8 @@ impl Layered for Settings {
 }
 
 fn check_name(key: &str, name: &str, problems: &mut Vec<String>) {
-    let ok = name.len() >= 3
-        && name.len() <= 255
-        && name.starts_with(|c: char| c.is_ascii_alphabetic())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c));
-    if !ok {
-        problems.push(format!("{key} {name:?} is not a valid Pub/Sub name (3-255 characters, starts with a letter)"));
+    if let Err(e) = pubsub_bus::check_resource_name(name) {
+        problems.push(format!("{key} {e}"));
     }
 }
 
