@@ -162,6 +162,7 @@ pub fn schedules(n: usize, cron: impl Fn(usize) -> String) -> BTreeMap<ScheduleK
             max_attempts: 3,
             overlap: jobs_core::Overlap::Skip,
             estimated_duration: None,
+            tenant_weight: 1.0,
         };
         out.insert(key, Arc::new(schedule));
     }

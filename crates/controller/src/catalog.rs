@@ -186,6 +186,8 @@ pub struct Schedule {
     pub max_attempts: u32,
     pub overlap: Overlap,
     pub estimated_duration: Option<Duration>,
+    /// The tenant's `weight` (default 1): its relative share for per-tenant fairness.
+    pub tenant_weight: f32,
 }
 
 /// The rules and defaults validation applies.
@@ -358,6 +360,7 @@ pub fn validate(raw: &RawCatalog, policy: &CatalogPolicy) -> Catalog {
             continue;
         }
         catalog.tenants.scheduled += 1;
+        let tenant_weight = doc.weight.unwrap_or(1.0) as f32;
         let tenant_key: Arc<str> = Arc::from(tenant_id);
         let mut seen_apps = HashSet::new();
 
@@ -421,7 +424,7 @@ pub fn validate(raw: &RawCatalog, policy: &CatalogPolicy) -> Catalog {
                             app_id: app_key.clone(),
                             query_id: Arc::from(query_id_hint.as_str()),
                         };
-                        catalog.schedules.insert(key.clone(), Arc::new(parts.into_schedule(key)));
+                        catalog.schedules.insert(key.clone(), Arc::new(parts.into_schedule(key, tenant_weight)));
                         catalog.queries.scheduled += 1;
                     }
                     Err((field, value, reason)) => {
@@ -459,7 +462,7 @@ struct QueryParts {
 }
 
 impl QueryParts {
-    fn into_schedule(self, key: ScheduleKey) -> Schedule {
+    fn into_schedule(self, key: ScheduleKey, tenant_weight: f32) -> Schedule {
         Schedule {
             key,
             expression: self.expression,
@@ -473,6 +476,7 @@ impl QueryParts {
             max_attempts: self.max_attempts,
             overlap: self.overlap,
             estimated_duration: self.estimated_duration,
+            tenant_weight,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod app;
 pub mod bench;
 pub mod catalog;
 pub mod durations;
+pub mod fairness;
 pub mod metrics;
 pub mod placement;
 pub mod plan;

@@ -65,6 +65,10 @@ struct PlanArgs {
     /// Seed of the generated catalog.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Queries added to the generated catalog, drawn the same way: `--schedules 100000
+    /// --extra 1000` is the 100,000-query catalog plus 1% more, for `--against`.
+    #[arg(long, default_value_t = 0)]
+    extra: usize,
 }
 
 #[derive(Subcommand)]
@@ -173,7 +177,7 @@ fn run_plan(
     use controller::plan;
     if let Some(kind) = &args.generate {
         anyhow::ensure!(kind == "reference", "--generate {kind:?}: the only generator is `reference`");
-        println!("{}", plan::reference_catalog(args.schedules, args.seed));
+        println!("{}", plan::reference_catalog(args.schedules, args.extra, args.seed));
         return Ok(());
     }
     let settings: Settings = service_kit::settings::load(config, env)?;

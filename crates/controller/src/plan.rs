@@ -45,6 +45,7 @@ pub fn items_with(
                 nominal_s,
                 window: s.spread.min(min_interval),
                 duration: duration(s).max(Duration::from_secs(1)),
+                weight: s.tenant_weight,
             }
         })
         .collect()
@@ -87,6 +88,12 @@ pub struct Forecast {
     pub peak_to_bound: f64,
     pub max_starts_per_second: u64,
     pub max_starts_per_minute: u64,
+    /// (tenant, minute) pairs where one tenant took more than its share of the minute's
+    /// starts while another tenant's run was due (the default rule: share 0.5 × weight).
+    pub fairness_violations: usize,
+    /// The highest share of a minute's starts (minutes with 10 or more) one tenant took while
+    /// another tenant's run was due.
+    pub max_tenant_share: f64,
     /// Highest concurrency of each minute (for the picture).
     #[serde(skip)]
     pub per_minute_peak: Vec<f64>,
@@ -125,6 +132,9 @@ pub fn forecast(items: &[Item], offsets: &HashMap<ScheduleKey, Duration>, horizo
     sorted.sort_unstable_by(f64::total_cmp);
     let p99 = sorted.get(((sorted.len().max(1) - 1) as f64 * 0.99) as usize).copied().unwrap_or(0.0);
     let max_starts_per_minute = starts.chunks(60).map(|c| c.iter().sum::<u64>()).max().unwrap_or(0);
+    let secs: Vec<u32> =
+        items.iter().map(|i| offsets.get(&i.key).copied().unwrap_or_default().as_secs() as u32).collect();
+    let fairness = crate::fairness::audit(&crate::fairness::Fairness::default(), items, &secs);
     Forecast {
         peak,
         mean,
@@ -133,6 +143,8 @@ pub fn forecast(items: &[Item], offsets: &HashMap<ScheduleKey, Duration>, horizo
         peak_to_bound: if bound > 0.0 { peak / bound } else { 0.0 },
         max_starts_per_second: starts.iter().copied().max().unwrap_or(0),
         max_starts_per_minute,
+        fairness_violations: fairness.violations,
+        max_tenant_share: fairness.max_tenant_share,
         per_minute_peak: concurrency.chunks(60).map(|c| c.iter().copied().fold(0.0, f64::max)).collect(),
     }
 }
@@ -252,11 +264,21 @@ pub fn text(plan: &Plan) -> String {
         plan.horizon_s / 3600,
         plan.lower_bound
     );
-    out.push_str("strategy      peak     mean      p99  peak/mean  peak/bound  max starts/s  max starts/min\n");
+    out.push_str(
+        "strategy      peak     mean      p99  peak/mean  peak/bound  max starts/s  max starts/min  tenant share  unfair minutes\n",
+    );
     for (name, f) in &plan.strategies {
         out.push_str(&format!(
-            "{name:<11} {:>6.1} {:>8.1} {:>8.1} {:>10.2} {:>11.2} {:>13} {:>15}\n",
-            f.peak, f.mean, f.p99, f.peak_to_mean, f.peak_to_bound, f.max_starts_per_second, f.max_starts_per_minute
+            "{name:<11} {:>6.1} {:>8.1} {:>8.1} {:>10.2} {:>11.2} {:>13} {:>15} {:>13.2} {:>15}\n",
+            f.peak,
+            f.mean,
+            f.p99,
+            f.peak_to_mean,
+            f.peak_to_bound,
+            f.max_starts_per_second,
+            f.max_starts_per_minute,
+            f.max_tenant_share,
+            f.fairness_violations
         ));
     }
     if let Some(s) = &plan.stability {
@@ -318,8 +340,9 @@ pub fn svg(plan: &Plan) -> String {
 /// The reference catalog: 70% hourly at minute 0 (spread 30 min), 20% every 15 minutes
 /// (spread 10 min), 10% daily at 00:00 (spread 2 h), across 5 time zones; durations
 /// log-normal (median 20 s, p99 10 min); tenants of very different sizes (the largest holds
-/// 10% of the schedules). Deterministic for a given seed.
-pub fn reference_catalog(n: usize, seed: u64) -> serde_json::Value {
+/// 10% of the schedules). Deterministic for a given seed; `extra` more queries are drawn
+/// after the first `n` over the same tenants, so the result holds the `n`-query catalog.
+pub fn reference_catalog(n: usize, extra: usize, seed: u64) -> serde_json::Value {
     use serde_json::json;
     let mut rng = fastrand::Rng::with_seed(seed);
     let zones = ["UTC", "America/New_York", "Europe/Berlin", "Asia/Tokyo", "America/Sao_Paulo"];
@@ -327,7 +350,7 @@ pub fn reference_catalog(n: usize, seed: u64) -> serde_json::Value {
     // Tenant 0 takes 10%; the rest follow a power law over the other tenants.
     let mut per_tenant: Vec<Vec<serde_json::Value>> = vec![Vec::new(); tenants_n];
     let sigma = (600.0f64 / 20.0).ln() / 2.326_347_9;
-    for i in 0..n {
+    for i in 0..n + extra {
         let tenant = if i % 10 == 0 { 0 } else { 1 + ((tenants_n - 1) as f64 * rng.f64().powi(3)) as usize };
         let kind = rng.f64();
         let (schedule, spread) = if kind < 0.7 {
@@ -376,7 +399,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("plan-{}-{seed}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("catalog.json");
-        std::fs::write(&path, reference_catalog(n, seed).to_string()).expect("write");
+        std::fs::write(&path, reference_catalog(n, 0, seed).to_string()).expect("write");
         let mut policy = CatalogPolicy::for_tests();
         policy.max_spread = Duration::from_secs(4 * 3600);
         let c = validate(&read_catalog_file(&path).expect("read"), &policy);

@@ -149,6 +149,9 @@ pub struct PlacementSettings {
     /// The horizon load-aware placement plans over.
     #[serde(with = "humantime_serde")]
     pub horizon: Duration,
+    /// Share of a minute's starts a tenant of weight 1 may take while other tenants' runs
+    /// are due in that minute (a tenant of weight w: w times as much). 1 turns the rule off.
+    pub max_tenant_share: f64,
 }
 
 impl Default for PlacementSettings {
@@ -158,6 +161,7 @@ impl Default for PlacementSettings {
             default_duration: Duration::from_secs(30),
             rebalance_margin: 0.05,
             horizon: Duration::from_secs(24 * 3600),
+            max_tenant_share: 0.5,
         }
     }
 }
@@ -281,6 +285,9 @@ impl Validate for Settings {
         }
         if pl.horizon < Duration::from_secs(3600) || pl.horizon > Duration::from_secs(7 * 24 * 3600) {
             p.push("placement.horizon must be between 1h and 7d".into());
+        }
+        if !(pl.max_tenant_share > 0.0 && pl.max_tenant_share <= 1.0) {
+            p.push(format!("placement.max_tenant_share {} must be in (0, 1]", pl.max_tenant_share));
         }
         let ps = &self.pubsub;
         if ps.project.trim().is_empty() {

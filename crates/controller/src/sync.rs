@@ -151,8 +151,13 @@ impl Syncer {
             let items = crate::plan::items_with(&schedules, Utc::now(), settings.horizon, |s| {
                 observed.expected(s, settings.default_duration)
             });
-            let placer =
-                crate::placement::LoadAware { margin: settings.rebalance_margin, rebalance, ..Default::default() };
+            let fairness = crate::fairness::Fairness { max_share: settings.max_tenant_share, ..Default::default() };
+            let placer = crate::placement::LoadAware {
+                margin: settings.rebalance_margin,
+                rebalance,
+                fairness: (settings.max_tenant_share < 1.0).then_some(fairness),
+                ..Default::default()
+            };
             placer.place(&items, (!prior.is_empty()).then_some(&*prior), settings.horizon)
         })
         .await
@@ -161,6 +166,9 @@ impl Syncer {
             schedules = placed.offsets.len(),
             moved = placed.moved,
             expected_peak = placed.peak,
+            fairness_violations_found = placed.fairness_before.violations,
+            fairness_violations_left = placed.fairness.violations,
+            max_tenant_share = placed.fairness.max_tenant_share,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "load-aware placement"
         );
