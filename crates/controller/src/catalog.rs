@@ -33,9 +33,10 @@ pub struct AppDoc {
 }
 
 /// An item decoded on its own: a malformed one (a field of the wrong type, say) becomes an
-/// error naming it instead of failing its whole page or file. Decoding takes the item's raw
-/// JSON text and parses it into `T`, so a large catalog is never held as JSON values. JSON
-/// input only: YAML files are converted to JSON text first.
+/// error naming it instead of failing its whole page or file. Decoding first takes the item's
+/// raw JSON text (a scan, no values built) and then parses that text into `T`, so a large
+/// catalog is never held as JSON values. JSON input only: YAML files are converted to JSON
+/// text first.
 #[derive(Debug, Clone)]
 pub enum Lenient<T> {
     Ok(T),
@@ -44,21 +45,31 @@ pub enum Lenient<T> {
 
 impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Lenient<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = serde_json::Value::deserialize(d)?;
-        Ok(match T::deserialize(&value) {
+        /// Just the id of a malformed item, if it has a string one.
+        #[derive(Deserialize)]
+        struct Id {
+            id: Option<serde_json::Value>,
+        }
+        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        Ok(match serde_json::from_str::<T>(raw.get()) {
             Ok(item) => Lenient::Ok(item),
-            Err(e) => {
-                Lenient::Bad { id: value.get("id").and_then(|v| v.as_str()).map(str::to_owned), error: e.to_string() }
-            }
+            Err(e) => Lenient::Bad {
+                id: serde_json::from_str::<Id>(raw.get()).ok().and_then(|i| i.id?.as_str().map(str::to_owned)),
+                error: e.to_string(),
+            },
         })
     }
 }
 
-/// A tenant of the catalog file: the tenant document with its apps inline.
+/// A tenant of the catalog file: the tenant document with its apps inline. (Not a
+/// `#[serde(flatten)]` of [`TenantDoc`]: flattening buffers the fields, and the apps' raw
+/// texts cannot be taken from a buffer.)
 #[derive(Debug, Clone, Deserialize)]
 pub struct FileTenant {
-    #[serde(flatten)]
-    pub doc: TenantDoc,
+    pub id: Option<String>,
+    pub status: Option<String>,
+    pub timezone: Option<String>,
+    pub weight: Option<f64>,
     #[serde(default)]
     pub apps: Vec<Lenient<AppDoc>>,
 }
@@ -75,7 +86,9 @@ impl From<CatalogFile> for RawCatalog {
             .tenants
             .into_iter()
             .map(|t| match t {
-                Lenient::Ok(FileTenant { doc, apps }) => RawTenant { doc: Lenient::Ok(doc), apps },
+                Lenient::Ok(FileTenant { id, status, timezone, weight, apps }) => {
+                    RawTenant { doc: Lenient::Ok(TenantDoc { id, status, timezone, weight }), apps }
+                }
                 Lenient::Bad { id, error } => RawTenant { doc: Lenient::Bad { id, error }, apps: Vec::new() },
             })
             .collect();
