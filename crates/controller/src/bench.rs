@@ -497,7 +497,12 @@ pub fn write_sync_catalog(path: &std::path::Path, n: usize, sql_bytes: usize) ->
 /// `controller bench sync`: a full catalog sync (read the file, validate, diff into the
 /// timer) of `n` schedules, twice — the first adds everything, the second is a re-sync that
 /// changes nothing — with the process's RSS after each.
-pub async fn run_sync_bench(n: usize, sql_bytes: usize) -> anyhow::Result<()> {
+pub async fn run_sync_bench(
+    n: usize,
+    sql_bytes: usize,
+    fresh_placement: bool,
+    alloc: &'static Allocator,
+) -> anyhow::Result<()> {
     use crate::catalog::{CatalogPolicy, validate};
     let dir = std::env::temp_dir().join(format!("sync-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -515,7 +520,7 @@ pub async fn run_sync_bench(n: usize, sql_bytes: usize) -> anyhow::Result<()> {
         mb(bytes)
     );
     println!(
-        "pass      read+parse   validate   timer diff   total   schedules  added  unchanged   RSS MB  peak RSS MB"
+        "pass      read+parse   validate   timer diff   total   schedules  added  unchanged  heap MiB  RSS MiB  peak RSS MiB"
     );
     let mut current = None;
     for pass in ["first", "re-sync"] {
@@ -524,8 +529,7 @@ pub async fn run_sync_bench(n: usize, sql_bytes: usize) -> anyhow::Result<()> {
         let raw = tokio::task::spawn_blocking(move || crate::platform::read_catalog_file(&path2)).await??;
         let t_read = t0.elapsed();
         let t1 = Instant::now();
-        let catalog = validate(&raw, &policy);
-        drop(raw);
+        let catalog = validate(raw, &policy);
         let t_validate = t1.elapsed();
         anyhow::ensure!(catalog.problems.is_empty(), "generated catalog has problems: {:?}", &catalog.problems[..1]);
         let t2 = Instant::now();
@@ -535,7 +539,7 @@ pub async fn run_sync_bench(n: usize, sql_bytes: usize) -> anyhow::Result<()> {
         current = Some(catalog);
         let (rss, peak) = rss();
         println!(
-            "{pass:<8} {:>10.2}s {:>9.2}s {:>11.2}s {:>6.2}s {:>11} {:>6} {:>10} {:>8.0} {:>12.0}",
+            "{pass:<8} {:>10.2}s {:>9.2}s {:>11.2}s {:>6.2}s {:>11} {:>6} {:>10} {:>9.0} {:>8.0} {:>13.0}",
             t_read.as_secs_f64(),
             t_validate.as_secs_f64(),
             t_diff.as_secs_f64(),
@@ -543,6 +547,7 @@ pub async fn run_sync_bench(n: usize, sql_bytes: usize) -> anyhow::Result<()> {
             current.as_ref().map_or(0, |c| c.schedules.len()),
             diff.added,
             diff.unchanged,
+            mb(live_bytes(alloc).max(0) as u64),
             mb(rss),
             mb(peak)
         );
@@ -553,20 +558,36 @@ pub async fn run_sync_bench(n: usize, sql_bytes: usize) -> anyhow::Result<()> {
         let t = Instant::now();
         let items =
             crate::plan::items(&catalog.schedules, Utc::now(), Duration::from_secs(24 * 3600), Duration::from_secs(30));
-        let prior: std::collections::HashMap<ScheduleKey, Duration> = items
+        let prior: Vec<Option<u32>> = items
             .iter()
-            .map(|i| (i.key.clone(), crate::placement::offset(Strategy::Hash, &i.key, i.window, i.window)))
+            .map(|i| Some(crate::placement::offset(Strategy::Hash, &i.key, i.window, i.window).as_secs() as u32))
             .collect();
         let placer = crate::placement::LoadAware { rebalance: false, ..Default::default() };
         let placed = placer.place(&items, Some(&prior), Duration::from_secs(24 * 3600));
         let (rss, peak) = rss();
         println!(
-            "load-aware re-placement keeping {} offsets: {:.2}s, RSS {:.0} MB, peak {:.0} MB",
+            "load-aware re-placement keeping {} offsets: {:.2}s, heap {:.0} MiB, RSS {:.0} MiB, peak {:.0} MiB",
             placed.offsets.len(),
             t.elapsed().as_secs_f64(),
+            mb(live_bytes(alloc).max(0) as u64),
             mb(rss),
             mb(peak)
         );
+        drop(placed);
+        if fresh_placement {
+            let t = Instant::now();
+            let placed = placer.place(&items, None, Duration::from_secs(24 * 3600));
+            let (rss, peak) = self::rss();
+            println!(
+                "fresh load-aware placement of {} schedules: {:.1}s, expected peak {:.0}, heap {:.0} MiB, RSS {:.0} MiB, peak {:.0} MiB",
+                placed.offsets.len(),
+                t.elapsed().as_secs_f64(),
+                placed.peak,
+                mb(live_bytes(alloc).max(0) as u64),
+                mb(rss),
+                mb(peak)
+            );
+        }
     }
     std::fs::remove_dir_all(&dir)?;
     Ok(())

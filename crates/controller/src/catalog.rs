@@ -300,14 +300,16 @@ fn parse_duration(field: &'static str, value: &str) -> Result<Duration, (&'stati
         .map_err(|e| (field, format!("not a duration ({e}); use e.g. \"90s\", \"10m\", \"1h\"")))
 }
 
-/// Validates every item of `raw` under `policy`.
-pub fn validate(raw: &RawCatalog, policy: &CatalogPolicy) -> Catalog {
+/// Validates every item of `raw` under `policy`. Takes the documents by value and drops
+/// each tenant's once it is validated, so the documents and the catalog are not both whole
+/// in memory at once.
+pub fn validate(raw: RawCatalog, policy: &CatalogPolicy) -> Catalog {
     let mut catalog = Catalog::default();
     let mut seen_tenants = HashSet::new();
     // Identical (expression, zone) pairs share one parsed cadence.
     let mut cadences: HashMap<(String, Tz), Arc<Cadence>> = HashMap::new();
 
-    for raw_tenant in &raw.tenants {
+    for raw_tenant in raw.tenants {
         let tenant_problem = |field, value: &str, reason: String, id: &str| Problem {
             kind: ItemKind::Tenant,
             tenant_id: id.to_owned(),
@@ -629,7 +631,7 @@ mod tests {
 
     #[test]
     fn a_valid_query_becomes_a_schedule_with_defaults_and_the_tenant_zone() {
-        let c = validate(&one_tenant(vec![query("q1")]), &CatalogPolicy::for_tests());
+        let c = validate(one_tenant(vec![query("q1")]), &CatalogPolicy::for_tests());
         assert!(c.problems.is_empty(), "{:?}", c.problems);
         let s = c.schedules.values().next().expect("one schedule");
         assert_eq!(s.key.to_string(), "acme/sales/q1");
@@ -652,7 +654,7 @@ mod tests {
         for (id, field, value) in cases.drain(..) {
             let mut bad = query(id);
             bad[field] = value;
-            let c = validate(&one_tenant(vec![query("good"), bad]), &CatalogPolicy::for_tests());
+            let c = validate(one_tenant(vec![query("good"), bad]), &CatalogPolicy::for_tests());
             let p = only_problem(&c);
             assert_eq!((p.kind, p.field, p.query_id.as_deref()), (ItemKind::Query, field, Some(id)), "{p:?}");
             assert_eq!(c.schedules.len(), 1, "{id}: the valid query must stay");
@@ -664,7 +666,7 @@ mod tests {
     fn a_duplicate_query_id_keeps_the_first() {
         let mut second = query("q1");
         second["sql"] = json!("SELECT 2");
-        let c = validate(&one_tenant(vec![query("q1"), second]), &CatalogPolicy::for_tests());
+        let c = validate(one_tenant(vec![query("q1"), second]), &CatalogPolicy::for_tests());
         assert_eq!(only_problem(&c).field, "id");
         assert_eq!(&*c.schedules.values().next().expect("kept").sql, "SELECT 1");
     }
@@ -673,7 +675,7 @@ mod tests {
     fn a_wrongly_typed_field_skips_only_that_query() {
         let mut bad = query("typed");
         bad["max_attempts"] = json!("three");
-        let c = validate(&one_tenant(vec![bad, query("ok")]), &CatalogPolicy::for_tests());
+        let c = validate(one_tenant(vec![bad, query("ok")]), &CatalogPolicy::for_tests());
         let p = only_problem(&c);
         assert_eq!((p.field, p.query_id.as_deref()), ("document", Some("typed")));
         assert!(p.reason.contains("max_attempts") || p.reason.contains("invalid type"), "{}", p.reason);
@@ -694,7 +696,7 @@ mod tests {
                 ),
             ],
         };
-        let c = validate(&raw, &CatalogPolicy::for_tests());
+        let c = validate(raw, &CatalogPolicy::for_tests());
         assert!(c.problems.is_empty() && c.schedules.is_empty());
         assert_eq!((c.tenants.inactive, c.apps.inactive), (1, 1));
     }
@@ -708,7 +710,7 @@ mod tests {
                 RawTenant::json(json!({"id": "c", "status": "active"}), vec![]),
             ],
         };
-        let c = validate(&raw, &CatalogPolicy::for_tests());
+        let c = validate(raw, &CatalogPolicy::for_tests());
         let fields: Vec<_> = c.problems.iter().map(|p| (p.tenant_id.as_str(), p.field)).collect();
         assert_eq!(fields, vec![("a", "timezone"), ("b", "status")]);
         assert_eq!(c.tenants.scheduled, 1);
@@ -716,7 +718,7 @@ mod tests {
 
     #[test]
     fn identical_expressions_share_one_parsed_cadence() {
-        let c = validate(&one_tenant(vec![query("a"), query("b")]), &CatalogPolicy::for_tests());
+        let c = validate(one_tenant(vec![query("a"), query("b")]), &CatalogPolicy::for_tests());
         let v: Vec<_> = c.schedules.values().collect();
         assert!(Arc::ptr_eq(&v[0].cadence, &v[1].cadence));
     }

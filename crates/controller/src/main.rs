@@ -101,15 +101,19 @@ enum Bench {
         /// Approximate size of each SQL text.
         #[arg(long, default_value_t = 300)]
         sql_bytes: usize,
+        /// Also time a fresh load-aware placement (no offsets in force, as at start-up):
+        /// minutes for a million schedules.
+        #[arg(long)]
+        fresh_placement: bool,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Bench(Bench::Sync { schedules, sql_bytes })) = cli.command {
-        let result = tokio::runtime::Runtime::new()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(controller::bench::run_sync_bench(schedules, sql_bytes)));
+    if let Some(Command::Bench(Bench::Sync { schedules, sql_bytes, fresh_placement })) = cli.command {
+        let result = tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| {
+            rt.block_on(controller::bench::run_sync_bench(schedules, sql_bytes, fresh_placement, ALLOCATOR))
+        });
         return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -203,7 +207,7 @@ fn run_plan(
     let load = |path: &std::path::Path| -> anyhow::Result<Vec<controller::placement::Item>> {
         progress(&format!("reading {}", path.display()));
         let raw = controller::platform::read_catalog_file(path)?;
-        let catalog = controller::catalog::validate(&raw, &policy);
+        let catalog = controller::catalog::validate(raw, &policy);
         if !catalog.problems.is_empty() {
             eprintln!("plan: {} invalid items skipped (first: {:?})", catalog.problems.len(), catalog.problems[0]);
         }

@@ -113,7 +113,8 @@ impl Default for LoadAware {
 /// The outcome of a placement.
 #[derive(Debug, Clone, Default)]
 pub struct Placement {
-    pub offsets: std::collections::HashMap<ScheduleKey, Duration>,
+    /// Offsets in whole seconds, in the order of the items placed.
+    pub offsets: Vec<u32>,
     /// Existing placements that moved.
     pub moved: usize,
     /// Peak of the expected concurrency (runs in progress, second by second).
@@ -172,14 +173,10 @@ fn item_secs(item: &Item) -> usize {
 }
 
 impl LoadAware {
-    /// Places `items` over `horizon`. With `prior`, those offsets are kept (new items are
-    /// placed around them) unless a fresh placement's peak is lower by more than `margin`.
-    pub fn place(
-        &self,
-        items: &[Item],
-        prior: Option<&std::collections::HashMap<ScheduleKey, Duration>>,
-        horizon: Duration,
-    ) -> Placement {
+    /// Places `items` over `horizon`. With `prior` (seconds, in the order of `items`; `None`
+    /// for an item not placed before), those offsets are kept — new items are placed around
+    /// them — unless a fresh placement's peak is lower by more than `margin`.
+    pub fn place(&self, items: &[Item], prior: Option<&[Option<u32>]>, horizon: Duration) -> Placement {
         let tail = items.iter().map(|i| i.window + i.duration).max().unwrap_or_default();
         // Flatten, then make fair; placements are compared after both.
         let placed = |prior| {
@@ -205,10 +202,8 @@ impl LoadAware {
                 }
             }
         };
-        let offsets: std::collections::HashMap<ScheduleKey, Duration> =
-            items.iter().zip(offsets).map(|(i, o)| (i.key.clone(), Duration::from_secs(u64::from(o)))).collect();
         let moved = prior.map_or(0, |prior| {
-            items.iter().filter(|i| prior.get(&i.key).is_some_and(|o| offsets.get(&i.key) != Some(o))).count()
+            prior.iter().zip(&offsets).filter(|(before, now)| before.is_some_and(|b| b != **now)).count()
         });
         Placement { offsets, moved, peak, fairness_before, fairness }
     }
@@ -221,7 +216,7 @@ impl LoadAware {
     fn greedy(
         &self,
         items: &[Item],
-        prior: Option<&std::collections::HashMap<ScheduleKey, Duration>>,
+        prior: Option<&[Option<u32>]>,
         horizon: Duration,
         tail: Duration,
     ) -> (Vec<u32>, f64) {
@@ -231,8 +226,8 @@ impl LoadAware {
         let mut current: Vec<u32> = Vec::with_capacity(items.len());
         let mut movable: Vec<usize> = Vec::new();
         for (i, item) in items.iter().enumerate() {
-            let (o, fixed) = match prior.and_then(|p| p.get(&item.key)) {
-                Some(&o) if o <= item.window => (o.as_secs() as u32, true),
+            let (o, fixed) = match prior.and_then(|p| p.get(i).copied().flatten()) {
+                Some(o) if u64::from(o) <= item.window.as_secs() => (o, true),
                 _ => (hash_offset(item), false),
             };
             profile.add(item, o, true);

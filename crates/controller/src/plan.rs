@@ -70,11 +70,11 @@ fn calendar(cadence: &Cadence, start: DateTime<Utc>, end: DateTime<Utc>) -> (Arc
     (Arc::new(times), min_interval)
 }
 
-/// The offsets a strategy gives every item.
-pub fn offsets(strategy: Strategy, items: &[Item], horizon: Duration) -> HashMap<ScheduleKey, Duration> {
+/// The offsets (whole seconds, in the order of `items`) a strategy gives every item.
+pub fn offsets(strategy: Strategy, items: &[Item], horizon: Duration) -> Vec<u32> {
     match strategy {
         Strategy::LoadAware => LoadAware::default().place(items, None, horizon).offsets,
-        _ => items.iter().map(|i| (i.key.clone(), placement::offset(strategy, &i.key, i.window, i.window))).collect(),
+        _ => items.iter().map(|i| placement::offset(strategy, &i.key, i.window, i.window).as_secs() as u32).collect(),
     }
 }
 
@@ -100,13 +100,13 @@ pub struct Forecast {
 }
 
 /// Concurrency and starts, second by second.
-pub fn forecast(items: &[Item], offsets: &HashMap<ScheduleKey, Duration>, horizon: Duration, bound: f64) -> Forecast {
+pub fn forecast(items: &[Item], offsets: &[u32], horizon: Duration, bound: f64) -> Forecast {
     let h = horizon.as_secs() as usize;
     let mut delta = vec![0i64; h + 1];
     let mut starts = vec![0u64; h];
     let mut work = 0.0;
-    for item in items {
-        let o = offsets.get(&item.key).copied().unwrap_or_default().as_secs() as usize;
+    for (item, &o) in items.iter().zip(offsets) {
+        let o = o as usize;
         let d = item.duration.as_secs().max(1) as usize;
         for &n in item.nominal_s.iter() {
             let s = n as usize + o;
@@ -132,9 +132,7 @@ pub fn forecast(items: &[Item], offsets: &HashMap<ScheduleKey, Duration>, horizo
     sorted.sort_unstable_by(f64::total_cmp);
     let p99 = sorted.get(((sorted.len().max(1) - 1) as f64 * 0.99) as usize).copied().unwrap_or(0.0);
     let max_starts_per_minute = starts.chunks(60).map(|c| c.iter().sum::<u64>()).max().unwrap_or(0);
-    let secs: Vec<u32> =
-        items.iter().map(|i| offsets.get(&i.key).copied().unwrap_or_default().as_secs() as u32).collect();
-    let fairness = crate::fairness::audit(&crate::fairness::Fairness::default(), items, &secs);
+    let fairness = crate::fairness::audit(&crate::fairness::Fairness::default(), items, offsets);
     Forecast {
         peak,
         mean,
@@ -244,14 +242,15 @@ pub fn plan(items: &[Item], strategies: &[Strategy], horizon: Duration, progress
 pub fn stability(before: &[Item], after: &[Item], horizon: Duration) -> Stability {
     let placer = LoadAware::default();
     let first = placer.place(before, None, horizon);
-    let second = placer.place(after, Some(&first.offsets), horizon);
-    let common: Vec<&ScheduleKey> = after.iter().map(|i| &i.key).filter(|k| first.offsets.contains_key(*k)).collect();
-    let moved = common.iter().filter(|k| first.offsets.get(**k) != second.offsets.get(**k)).count();
+    let in_force: HashMap<&ScheduleKey, u32> = before.iter().map(|i| &i.key).zip(first.offsets).collect();
+    let prior: Vec<Option<u32>> = after.iter().map(|i| in_force.get(&i.key).copied()).collect();
+    let second = placer.place(after, Some(&prior), horizon);
+    let common = prior.iter().filter(|p| p.is_some()).count();
     Stability {
-        moved_share: if common.is_empty() { 0.0 } else { moved as f64 / common.len() as f64 },
-        moved,
-        kept: common.len() - moved,
-        added: after.len() - common.len(),
+        moved_share: if common == 0 { 0.0 } else { second.moved as f64 / common as f64 },
+        moved: second.moved,
+        kept: common - second.moved,
+        added: after.len() - common,
     }
 }
 
@@ -402,7 +401,7 @@ mod tests {
         std::fs::write(&path, reference_catalog(n, 0, seed).to_string()).expect("write");
         let mut policy = CatalogPolicy::for_tests();
         policy.max_spread = Duration::from_secs(4 * 3600);
-        let c = validate(&read_catalog_file(&path).expect("read"), &policy);
+        let c = validate(read_catalog_file(&path).expect("read"), &policy);
         assert!(c.problems.is_empty(), "{:?}", &c.problems[..c.problems.len().min(3)]);
         c.schedules
     }
@@ -452,9 +451,8 @@ mod tests {
         let items = items(&reference(500, 3), start(), horizon, Duration::from_secs(30));
         for s in Strategy::ALL {
             let offsets = offsets(s, &items, horizon);
-            for i in &items {
-                let o = offsets[&i.key];
-                assert!(o <= i.window, "{} {:?} > {:?}", s.name(), o, i.window);
+            for (i, &o) in items.iter().zip(&offsets) {
+                assert!(u64::from(o) <= i.window.as_secs(), "{} {o} > {:?}", s.name(), i.window);
             }
         }
     }

@@ -40,8 +40,6 @@ pub struct Syncer {
     pub source: Source,
     pub policy: CatalogPolicy,
     pub placement: crate::settings::PlacementSettings,
-    /// The load-aware offsets in force.
-    placements: Arc<std::collections::HashMap<crate::catalog::ScheduleKey, std::time::Duration>>,
     pub timer: Arc<Mutex<Timer>>,
     pub timer_changed: Arc<Notify>,
     pub metrics: Metrics,
@@ -66,7 +64,6 @@ impl Syncer {
             source,
             policy,
             placement: crate::settings::PlacementSettings::default(),
-            placements: Arc::default(),
             timer,
             timer_changed,
             metrics,
@@ -88,7 +85,7 @@ impl Syncer {
             }
         };
         let policy = self.policy.clone();
-        let catalog = tokio::task::spawn_blocking(move || catalog::validate(&raw, &policy))
+        let catalog = tokio::task::spawn_blocking(move || catalog::validate(raw, &policy))
             .await
             .map_err(|e| PlatformError::Token(format!("validation task failed: {e}")))?;
         self.report_problems(&catalog);
@@ -121,25 +118,24 @@ impl Syncer {
     }
 
     /// Places `catalog` (load-aware only) and installs the offsets in the timer. Called
-    /// after a sync is applied, so the schedules run on their hash offsets meanwhile; a new
-    /// offset applies from each schedule's next run.
+    /// after a sync is applied, so new schedules run on their hash offsets meanwhile; a new
+    /// offset applies from each schedule's pending run if that is not due yet. The offsets
+    /// in force live in the timer's slots only; the timer's lock is taken in chunks so that
+    /// fires are not held up by a million lookups.
     pub async fn place_and_install(&mut self, catalog: &Catalog) {
-        if let Some(placements) = self.place(catalog).await {
-            self.timer.lock().unwrap_or_else(|p| p.into_inner()).set_placements(placements);
-        }
-    }
-
-    /// Load-aware placement of the catalog, keeping the offsets in force unless a fresh
-    /// placement lowers the peak by more than the margin. `None` for other strategies.
-    async fn place(
-        &mut self,
-        catalog: &Catalog,
-    ) -> Option<Arc<std::collections::HashMap<crate::catalog::ScheduleKey, std::time::Duration>>> {
         if self.placement.strategy != crate::placement::Strategy::LoadAware {
-            return None;
+            return;
         }
-        let (schedules, settings, prior) = (catalog.schedules.clone(), self.placement.clone(), self.placements.clone());
-        let observed = self.observed.clone();
+        const CHUNK: usize = 50_000;
+        let settings = self.placement.clone();
+        let items = crate::plan::items_with(&catalog.schedules, Utc::now(), settings.horizon, |s| {
+            self.observed.expected(s, settings.default_duration)
+        });
+        let mut prior: Vec<Option<u32>> = Vec::with_capacity(items.len());
+        for chunk in items.chunks(CHUNK) {
+            let timer = self.timer.lock().unwrap_or_else(|p| p.into_inner());
+            prior.extend(chunk.iter().map(|i| timer.placement(&i.key).map(|o| o.as_secs() as u32)));
+        }
         // Weigh a full re-placement at most once an hour; in between, new schedules are
         // placed around the offsets in force.
         let rebalance = self.last_rebalance.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(3600));
@@ -147,10 +143,7 @@ impl Syncer {
             self.last_rebalance = Some(std::time::Instant::now());
         }
         let started = std::time::Instant::now();
-        let placed = tokio::task::spawn_blocking(move || {
-            let items = crate::plan::items_with(&schedules, Utc::now(), settings.horizon, |s| {
-                observed.expected(s, settings.default_duration)
-            });
+        let placing = tokio::task::spawn_blocking(move || {
             let fairness = crate::fairness::Fairness { max_share: settings.max_tenant_share, ..Default::default() };
             let placer = crate::placement::LoadAware {
                 margin: settings.rebalance_margin,
@@ -158,10 +151,11 @@ impl Syncer {
                 fairness: (settings.max_tenant_share < 1.0).then_some(fairness),
                 ..Default::default()
             };
-            placer.place(&items, (!prior.is_empty()).then_some(&*prior), settings.horizon)
-        })
-        .await
-        .ok()?;
+            let prior = prior.iter().any(Option::is_some).then_some(&prior[..]);
+            let placed = placer.place(&items, prior, settings.horizon);
+            (items, placed)
+        });
+        let Ok((items, placed)) = placing.await else { return };
         tracing::info!(
             schedules = placed.offsets.len(),
             moved = placed.moved,
@@ -172,8 +166,12 @@ impl Syncer {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "load-aware placement"
         );
-        self.placements = Arc::new(placed.offsets);
-        Some(self.placements.clone())
+        for (chunk, offsets) in items.chunks(CHUNK).zip(placed.offsets.chunks(CHUNK)) {
+            let placements =
+                chunk.iter().zip(offsets).map(|(i, &o)| (&i.key, std::time::Duration::from_secs(u64::from(o))));
+            self.timer.lock().unwrap_or_else(|p| p.into_inner()).set_placements(Utc::now(), placements);
+        }
+        self.timer_changed.notify_one();
     }
 
     /// Logs and counts each problem the first time it appears.

@@ -35,13 +35,19 @@ struct Entry {
     generation: u32,
 }
 
+/// [`Slot::placement_s`] of a schedule the load-aware placer has not placed.
+const NOT_PLACED: u32 = u32::MAX;
+
 /// Seconds are stored from this epoch (2020-01-01T00:00:00Z) in 32 bits: good until 2156.
 const EPOCH_S: i64 = 1_577_836_800;
 
-/// One schedule's pending run, 24 bytes.
+/// One schedule's pending run and its load-aware placement, 32 bytes.
 #[derive(Debug)]
 struct Slot {
     schedule: Option<Arc<Schedule>>,
+    /// The load-aware placer's offset in seconds, [`NOT_PLACED`] until it has placed the
+    /// schedule (the hash offset is used meanwhile).
+    placement_s: u32,
     /// Nominal time of the pending run, seconds since [`EPOCH_S`].
     nominal_s: u32,
     /// Seconds from the previous nominal time to this one (`@window_start`).
@@ -79,8 +85,6 @@ pub struct Timer {
     index: HashTable<u32>,
     hasher: RandomState,
     strategy: Strategy,
-    /// Load-aware offsets by schedule; schedules missing from it are placed by hash.
-    placements: Arc<HashMap<ScheduleKey, Duration>>,
 }
 
 /// A cadence's fire times around one instant, shared by every schedule using it.
@@ -101,7 +105,6 @@ impl Timer {
             index: HashTable::new(),
             hasher: RandomState::new(),
             strategy,
-            placements: Arc::default(),
         }
     }
 
@@ -110,9 +113,47 @@ impl Timer {
         self.slots.len()
     }
 
-    /// Installs load-aware offsets; they apply from each schedule's next placement.
-    pub fn set_placements(&mut self, placements: Arc<HashMap<ScheduleKey, Duration>>) {
-        self.placements = placements;
+    /// Installs load-aware offsets for schedules the timer holds (others are ignored). A
+    /// pending run that is not due yet moves to its new placed time if that is still ahead
+    /// of `now`; later runs all use the new offset. Returns how many schedules it found.
+    pub fn set_placements<'a>(
+        &mut self,
+        now: DateTime<Utc>,
+        placements: impl IntoIterator<Item = (&'a ScheduleKey, Duration)>,
+    ) -> usize {
+        let mut found = 0;
+        let now_ms = now.timestamp_millis();
+        for (key, offset) in placements {
+            let Some(slot) = self.find(key) else { continue };
+            found += 1;
+            let placement_s = offset.as_secs().min(u64::from(NOT_PLACED - 1)) as u32;
+            let s = &mut self.slots[slot as usize];
+            if s.placement_s == placement_s {
+                continue;
+            }
+            s.placement_s = placement_s;
+            let Some(schedule) = s.schedule.clone() else { continue };
+            let nominal = s.nominal();
+            let (old_ms, prev) = (
+                (nominal + chrono::Duration::milliseconds(i64::from(s.offset_ms))).timestamp_millis(),
+                nominal - chrono::Duration::seconds(i64::from(s.prev_delta_s)),
+            );
+            let offset = self.offset(&schedule, placement_s, prev, nominal);
+            let new_ms = (nominal + offset).timestamp_millis();
+            if old_ms > now_ms && new_ms > now_ms && new_ms != old_ms {
+                let s = &mut self.slots[slot as usize];
+                s.offset_ms = offset.num_milliseconds().clamp(0, i64::from(u32::MAX)) as u32;
+                s.generation = s.generation.wrapping_add(1);
+                self.heap.push(Reverse(Entry { at_ms: new_ms, slot, generation: s.generation }));
+            }
+        }
+        found
+    }
+
+    /// The load-aware offset in force for `key`, if the placer has placed it.
+    pub fn placement(&self, key: &ScheduleKey) -> Option<Duration> {
+        let slot = &self.slots[self.find(key)? as usize];
+        (slot.placement_s != NOT_PLACED).then(|| Duration::from_secs(u64::from(slot.placement_s)))
     }
 
     /// The runs due in `(now, now + window]` for each window, and their expected work in
@@ -218,15 +259,19 @@ impl Timer {
                         .as_ref()
                         .is_some_and(|old| Arc::ptr_eq(old, schedule) || **old == **schedule);
                     if same {
+                        // Hold the new catalog's copy so that the old catalog is freed.
+                        self.slots[slot as usize].schedule = Some(schedule.clone());
                         diff.unchanged += 1;
                     } else {
+                        // A changed schedule keeps its placement (capped by its new window).
+                        let placement_s = self.slots[slot as usize].placement_s;
                         self.remove(key);
-                        self.insert(schedule.clone(), now, &mut around);
+                        self.insert(schedule.clone(), now, &mut around, placement_s);
                         diff.changed += 1;
                     }
                 }
                 None => {
-                    self.insert(schedule.clone(), now, &mut around);
+                    self.insert(schedule.clone(), now, &mut around, NOT_PLACED);
                     diff.added += 1;
                 }
             }
@@ -234,7 +279,13 @@ impl Timer {
         diff
     }
 
-    fn insert(&mut self, schedule: Arc<Schedule>, now: DateTime<Utc>, memo: &mut HashMap<*const Cadence, Around>) {
+    fn insert(
+        &mut self,
+        schedule: Arc<Schedule>,
+        now: DateTime<Utc>,
+        memo: &mut HashMap<*const Cadence, Around>,
+        placement_s: u32,
+    ) {
         let cadence = &schedule.cadence;
         let a = *memo.entry(Arc::as_ptr(cadence)).or_insert_with(|| {
             let last = cadence
@@ -245,24 +296,32 @@ impl Timer {
         // A run whose nominal time has passed but whose placed time has not is still
         // pending (it sits inside its spread window): keep it.
         let pending = a.last.and_then(|(prev, nominal)| {
-            let offset = self.offset(&schedule, prev, nominal);
+            let offset = self.offset(&schedule, placement_s, prev, nominal);
             (nominal + offset >= now).then_some((prev, nominal, offset))
         });
         let run = pending.or_else(|| {
             let nominal = a.next?;
             let prev = a.last.map_or_else(|| cadence.prev_before(nominal), |(_, n)| Some(n))?;
-            Some((prev, nominal, self.offset(&schedule, prev, nominal)))
+            Some((prev, nominal, self.offset(&schedule, placement_s, prev, nominal)))
         });
         let hash = self.hasher.hash_one(&schedule.key);
         let slot = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.slots.push(Slot { schedule: None, nominal_s: 0, prev_delta_s: 0, offset_ms: 0, generation: 0 });
+                self.slots.push(Slot {
+                    schedule: None,
+                    placement_s: NOT_PLACED,
+                    nominal_s: 0,
+                    prev_delta_s: 0,
+                    offset_ms: 0,
+                    generation: 0,
+                });
                 (self.slots.len() - 1) as u32
             }
         };
         let s = &mut self.slots[slot as usize];
         s.schedule = Some(schedule);
+        s.placement_s = placement_s;
         s.generation = s.generation.wrapping_add(1);
         let generation = s.generation;
         if let Some((prev, nominal, offset)) = run {
@@ -291,12 +350,21 @@ impl Timer {
         }
     }
 
-    fn offset(&self, schedule: &Schedule, prev: DateTime<Utc>, nominal: DateTime<Utc>) -> chrono::Duration {
+    /// The offset of the run at `nominal` (after `prev`): the placer's `placement_s` under
+    /// load-aware placement when it lies inside the window, else the strategy's own.
+    fn offset(
+        &self,
+        schedule: &Schedule,
+        placement_s: u32,
+        prev: DateTime<Utc>,
+        nominal: DateTime<Utc>,
+    ) -> chrono::Duration {
         let interval = (nominal - prev).to_std().unwrap_or(Duration::ZERO);
         let window = schedule.spread.min(interval);
-        let placed = match (self.strategy, self.placements.get(&schedule.key)) {
+        let placement = (placement_s != NOT_PLACED).then(|| Duration::from_secs(u64::from(placement_s)));
+        let placed = match (self.strategy, placement) {
             // A run never starts after nominal + window, whatever the placer said.
-            (Strategy::LoadAware, Some(&o)) if o <= window => o,
+            (Strategy::LoadAware, Some(o)) if o <= window => o,
             _ => placement::offset(self.strategy, &schedule.key, schedule.spread, interval),
         };
         chrono::Duration::from_std(placed).unwrap_or_default()
@@ -308,13 +376,15 @@ impl Timer {
         let mut out = Vec::with_capacity(n);
         // A run whose nominal time has passed may still be pending inside its window.
         let back = chrono::Duration::from_std(schedule.spread).unwrap_or_default();
+        let placement_s = self.find(&schedule.key).map_or(NOT_PLACED, |i| self.slots[i as usize].placement_s);
         let mut prev = schedule.cadence.prev_before(now - back);
         let mut t = now - back;
         while out.len() < n {
             let Some(nominal) = schedule.cadence.next_after(t) else {
                 break;
             };
-            let placed = nominal + prev.map_or(chrono::Duration::zero(), |p| self.offset(schedule, p, nominal));
+            let placed =
+                nominal + prev.map_or(chrono::Duration::zero(), |p| self.offset(schedule, placement_s, p, nominal));
             if placed > now {
                 out.push((nominal, placed));
             }
@@ -364,7 +434,7 @@ impl Timer {
                 .entry((Arc::as_ptr(&schedule.cadence), slot.nominal_s))
                 .or_insert_with(|| schedule.cadence.next_after(nominal));
             if let Some(next) = next {
-                let offset = self.offset(&schedule, nominal, next);
+                let offset = self.offset(&schedule, slot.placement_s, nominal, next);
                 let slot = &mut self.slots[top.slot as usize];
                 slot.nominal_s = to_epoch_s(next);
                 slot.prev_delta_s = (next - nominal).num_seconds().clamp(0, i64::from(u32::MAX)) as u32;
@@ -444,7 +514,7 @@ mod tests {
                 vec![json!({"id": "a", "queries": qs})],
             )],
         };
-        let c = validate(&raw, &CatalogPolicy::for_tests());
+        let c = validate(raw, &CatalogPolicy::for_tests());
         assert!(c.problems.is_empty(), "{:?}", c.problems);
         c.schedules
     }
@@ -464,11 +534,11 @@ mod tests {
         let schedules = catalog(&[("a", "0 * * * *", Some("10m")), ("b", "0 * * * *", Some("10m"))]);
         let keys: Vec<ScheduleKey> = schedules.keys().cloned().collect();
         let mut timer = Timer::new(Strategy::LoadAware);
-        let placements: HashMap<ScheduleKey, Duration> =
-            [(keys[0].clone(), Duration::from_secs(120)), (keys[1].clone(), Duration::from_secs(3600))].into();
-        timer.set_placements(Arc::new(placements));
         let start = utc("2026-12-04T09:30:00Z");
         timer.apply(&schedules, start);
+        let placements = [(&keys[0], Duration::from_secs(120)), (&keys[1], Duration::from_secs(3600))];
+        assert_eq!(timer.set_placements(start, placements), 2);
+        assert_eq!(timer.placement(&keys[0]), Some(Duration::from_secs(120)));
         let runs = drive(&mut timer, start, utc("2026-12-04T10:15:00Z"), 1000);
         let placed = |q: &str| runs.iter().find(|r| &*r.schedule.key.query_id == q).map(|r| r.placed).expect("fired");
         assert_eq!(placed("a"), utc("2026-12-04T10:02:00Z"), "the placer's offset");
@@ -502,8 +572,42 @@ mod tests {
     }
 
     #[test]
+    fn a_resync_releases_the_old_catalog_and_keeps_the_placements_in_force() {
+        let first = catalog(&[("a", "0 * * * *", Some("10m"))]);
+        let key = first.keys().next().expect("one schedule").clone();
+        let mut timer = Timer::new(Strategy::LoadAware);
+        let start = utc("2026-12-04T09:30:00Z");
+        timer.apply(&first, start);
+        assert_eq!(timer.placement(&key), None, "not placed yet");
+        assert_eq!(timer.set_placements(start, [(&key, Duration::from_secs(180))]), 1);
+        let second = catalog(&[("a", "0 * * * *", Some("10m"))]);
+        assert_eq!(timer.apply(&second, start).unchanged, 1);
+        assert_eq!(Arc::strong_count(&first[&key]), 1, "the timer holds the new catalog's copy");
+        assert_eq!(timer.placement(&key), Some(Duration::from_secs(180)));
+        // A changed schedule keeps its placement, and its runs use it.
+        let third = catalog(&[("a", "0 * * * *", Some("20m"))]);
+        assert_eq!(timer.apply(&third, start).changed, 1);
+        assert_eq!(timer.placement(&key), Some(Duration::from_secs(180)));
+        let next = timer.next_runs(&third[&key], start, 1);
+        assert_eq!(next[0], (utc("2026-12-04T10:00:00Z"), utc("2026-12-04T10:03:00Z")));
+    }
+
+    #[test]
+    fn a_new_placement_moves_a_pending_run_that_is_not_due_yet() {
+        let schedules = catalog(&[("a", "0 * * * *", Some("10m"))]);
+        let key = schedules.keys().next().expect("one schedule").clone();
+        let mut timer = Timer::new(Strategy::LoadAware);
+        let start = utc("2026-12-04T09:30:00Z");
+        timer.apply(&schedules, start);
+        timer.set_placements(start, [(&key, Duration::from_secs(420))]);
+        let runs = drive(&mut timer, start, utc("2026-12-04T11:15:00Z"), 1000);
+        let placed: Vec<_> = runs.iter().map(|r| r.placed).collect();
+        assert_eq!(placed, [utc("2026-12-04T10:07:00Z"), utc("2026-12-04T11:07:00Z")], "once each, at the new offset");
+    }
+
+    #[test]
     fn the_per_schedule_structures_stay_small() {
-        assert_eq!(std::mem::size_of::<Slot>(), 24);
+        assert_eq!(std::mem::size_of::<Slot>(), 32);
         assert_eq!(std::mem::size_of::<Reverse<Entry>>(), 16);
     }
 

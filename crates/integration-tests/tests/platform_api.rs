@@ -62,7 +62,7 @@ async fn the_catalog_is_read_across_pages_through_500s_and_a_429() {
     platform.inject("/v1/tenants", [Fault::TooManyRequests { retry_after: "1".into() }]);
 
     let raw = client(&platform, env_token(TOKEN)).fetch().await.expect("fetch succeeds after retries");
-    let catalog = validate(&raw, &CatalogPolicy::for_tests());
+    let catalog = validate(raw, &CatalogPolicy::for_tests());
 
     let keys: Vec<String> = catalog.schedules.keys().map(|k| k.to_string()).collect();
     assert_eq!(keys, vec!["acme/sales/hourly", "globex/bi/daily", "globex/ops/every-5s", "umbrella/x/every"]);
