@@ -35,6 +35,7 @@ fn worker_settings(t: &Topics, db: &TestDb) -> worker::Settings {
         "warehouse".into(),
         worker::settings::EngineSettings { url: service_kit::Secret::new(db.url.clone()), ..Default::default() },
     );
+    s.ledger.url = service_kit::Secret::new(db.url.clone());
     s
 }
 

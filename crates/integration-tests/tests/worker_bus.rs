@@ -1,7 +1,7 @@
 //! The worker on the Pub/Sub emulator: bad input never crashes it and never spins; it ends
 //! in the dead-letter topic with its reason, and a result event says what happened.
 
-use chrono::Utc;
+use chrono::{Timelike, Utc};
 use integration_tests::{Received, TestDb, app_env, emulator, eventually, get, metric, read_until, tap, unique};
 use jobs_core::{JobId, JobMessage, Overlap, ResultEvent, RunStatus, Trigger, attributes as attr};
 use pubsub_bus::TopicPublisher;
@@ -47,6 +47,7 @@ async fn start_worker() -> Harness {
         "warehouse".into(),
         worker::settings::EngineSettings { url: service_kit::Secret::new(db.url.clone()), ..Default::default() },
     );
+    s.ledger.url = service_kit::Secret::new(db.url.clone());
     let app = worker::Application::build(s, &app_env()).await.expect("worker builds");
     let admin = app.admin_addr();
     let shutdown = CancellationToken::new();
@@ -59,7 +60,10 @@ async fn start_worker() -> Harness {
 }
 
 fn job(query_id: &str, sql: &str) -> JobMessage {
-    let nominal = Utc::now();
+    job_at(query_id, sql, Utc::now())
+}
+
+fn job_at(query_id: &str, sql: &str, nominal: chrono::DateTime<Utc>) -> JobMessage {
     JobMessage {
         schema_version: JobMessage::SCHEMA_VERSION.into(),
         job_id: JobId::for_run("acme", "shop", query_id, nominal),
@@ -179,4 +183,113 @@ async fn on_shutdown_a_run_in_flight_finishes_within_the_grace_period() {
     assert_eq!(results.len(), 1, "the in-flight run finished and reported");
     let n: i64 = h.db.client.query_one("SELECT n FROM tenant_acme.out", &[]).await.expect("row").get(0);
     assert_eq!(n, 2);
+}
+
+async fn jobs_metric(h: &Harness, outcome: &str) -> f64 {
+    let (_, m) = get(h.admin, "/metrics").await;
+    metric(&m, &format!("worker_jobs_total{{outcome=\"{outcome}\",error_class=\"none\"}}")).unwrap_or(0.0)
+}
+
+/// (state, attempts, rows_written, error_message) of a job id in the run ledger.
+async fn ledger_row(h: &Harness, job: &JobMessage) -> (String, i32, Option<i64>, Option<String>) {
+    let row =
+        h.db.client
+            .query_one(
+                "SELECT state, attempts, rows_written, error_message FROM sqo_ledger.runs WHERE job_id = $1",
+                &[&job.job_id.as_str()],
+            )
+            .await
+            .expect("a ledger row");
+    (row.get(0), row.get(1), row.get(2), row.get(3))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_delivered_again_after_it_succeeded_is_acked_without_running_again() {
+    let h = start_worker().await;
+    let mut once = job("once", "SELECT count(*) AS n FROM orders");
+    once.timeout_secs = 10;
+    publish(&h, &once).await;
+    eventually(Duration::from_secs(30), || async { (jobs_metric(&h, "succeeded").await == 1.0).then_some(()) })
+        .await
+        .expect("the run succeeds");
+    // The same run again: the controller republishing after a restart, or a redelivery.
+    publish(&h, &once).await;
+    publish(&h, &once).await;
+    eventually(Duration::from_secs(30), || async { (jobs_metric(&h, "duplicate").await == 2.0).then_some(()) })
+        .await
+        .expect("both copies acked as duplicates");
+    let results = read_until(&h.bus, &h.results_tap, Duration::from_secs(3), |got| got.len() > 1).await;
+    assert_eq!(results.len(), 1, "one result event for the run");
+    assert_eq!(ledger_row(&h, &once).await, ("succeeded".into(), 1, Some(1), None));
+    assert_eq!(jobs_metric(&h, "succeeded").await, 1.0, "it ran once");
+    h.shutdown.cancel();
+    h.task.await.expect("join").expect("stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_schedule_never_runs_twice_at_once_and_overlap_skip_records_the_skipped_run() {
+    let h = start_worker().await;
+    let t0 = Utc::now().with_nanosecond(0).expect("whole second") - chrono::Duration::minutes(2);
+    let sql = "SELECT pg_sleep(3)::text AS slept, count(*) AS n FROM orders";
+    let mut first = job_at("hourly", sql, t0);
+    first.timeout_secs = 20;
+    let mut next = job_at("hourly", sql, t0 + chrono::Duration::minutes(1));
+    next.timeout_secs = 20;
+    // The first run twice at once (a duplicate delivery), then the next run while it runs.
+    publish(&h, &first).await;
+    publish(&h, &first).await;
+    eventually(Duration::from_secs(20), || async {
+        let (_, m) = get(h.admin, "/metrics").await;
+        (metric(&m, "worker_jobs_in_flight") == Some(1.0) || jobs_metric(&h, "running_elsewhere").await >= 1.0)
+            .then_some(())
+    })
+    .await
+    .expect("the first run starts");
+    publish(&h, &next).await;
+
+    let results: HashMap<String, ResultEvent> =
+        read_until(&h.bus, &h.results_tap, Duration::from_secs(30), |got| got.len() >= 2)
+            .await
+            .iter()
+            .map(|r| ResultEvent::decode(&r.data).expect("decodes"))
+            .map(|e| (e.job_id.to_string(), e))
+            .collect();
+    assert_eq!(results.len(), 2, "{results:#?}");
+    assert_eq!(results[first.job_id.as_str()].status, RunStatus::Succeeded);
+    let skipped = &results[next.job_id.as_str()];
+    assert_eq!(skipped.status, RunStatus::Skipped);
+    let reason = skipped.error_message.as_deref().unwrap_or("");
+    assert!(reason.contains(first.job_id.as_str()) && reason.contains("overlap"), "{reason}");
+    // The duplicate copy of the first run is acked once the first has succeeded.
+    eventually(Duration::from_secs(30), || async { (jobs_metric(&h, "duplicate").await >= 1.0).then_some(()) })
+        .await
+        .expect("the duplicate is acked");
+    assert_eq!(ledger_row(&h, &first).await, ("succeeded".into(), 1, Some(1), None), "started once");
+    let (state, attempts, _, message) = ledger_row(&h, &next).await;
+    assert_eq!((state.as_str(), attempts), ("skipped", 0));
+    assert!(message.is_some_and(|m| m.contains("overlap")));
+    h.shutdown.cancel();
+    h.task.await.expect("join").expect("stops cleanly");
+}
+
+#[tokio::test]
+async fn ledger_migrations_are_idempotent_and_a_newer_schema_is_refused() {
+    use worker::ledger::postgres::{MigrateError, PostgresLedger, SCHEMA_VERSION};
+    let db = TestDb::create().await;
+    let url = service_kit::Secret::new(db.url.clone());
+    let a = PostgresLedger::new(&url, "ledger_test", 2).expect("ledger");
+    let b = PostgresLedger::new(&url, "ledger_test", 2).expect("ledger");
+    // Two workers starting together: the migrations run once.
+    let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+    let mut outcomes = [ra.expect("migrates"), rb.expect("migrates")];
+    outcomes.sort();
+    assert_eq!(outcomes, [(0, SCHEMA_VERSION), (SCHEMA_VERSION, SCHEMA_VERSION)]);
+    assert_eq!(a.migrate().await.expect("again"), (SCHEMA_VERSION, SCHEMA_VERSION));
+    db.client.batch_execute("UPDATE ledger_test.schema_version SET version = 99").await.expect("update");
+    match a.migrate().await {
+        Err(MigrateError::Newer(reason)) => {
+            assert!(reason.contains("version 99") && reason.contains(&format!("({SCHEMA_VERSION})")), "{reason}")
+        }
+        other => panic!("a newer schema must be refused, got {other:?}"),
+    }
 }

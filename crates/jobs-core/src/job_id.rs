@@ -33,6 +33,19 @@ impl JobId {
     }
 }
 
+impl std::str::FromStr for JobId {
+    type Err = String;
+
+    /// A job id as stored or printed: 32 lowercase hex characters.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            Ok(JobId(s.to_owned()))
+        } else {
+            Err(format!("{s:?} is not a job id (32 lowercase hex characters)"))
+        }
+    }
+}
+
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

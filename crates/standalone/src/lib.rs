@@ -115,7 +115,13 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
         dead_letter_file: options.data_dir.join("dead-letters.jsonl"),
         file_lock: Mutex::new(()),
     });
-    let runner = Arc::new(Runner::new(engines, outputs, worker_metrics, Duration::from_secs(3600)));
+    // One process: the run ledger is in memory (the dedup and overlap rules hold while it runs).
+    let ledger = worker::runner::LedgerAccess {
+        ledger: Arc::new(worker::ledger::memory::MemoryLedger::default()),
+        worker: "standalone".into(),
+        lease: Duration::from_secs(60),
+    };
+    let runner = Arc::new(Runner::new(engines, outputs, worker_metrics, Duration::from_secs(3600), ledger));
 
     let work = shutdown.child_token();
     let mut tasks = service_kit::Supervisor::new(work.clone());

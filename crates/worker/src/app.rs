@@ -4,8 +4,10 @@
 use crate::consumer::{ConsumerSettings, run_consumer};
 use crate::engines::Engine;
 use crate::engines::postgres::PostgresEngine;
+use crate::ledger::postgres::{MigrateError, PostgresLedger};
+use crate::ledger::{Ledger, worker_identity};
 use crate::metrics::Metrics;
-use crate::runner::{Outputs, Runner};
+use crate::runner::{LedgerAccess, Outputs, Runner};
 use crate::settings::{EngineKind, Settings};
 use anyhow::Context;
 use async_trait::async_trait;
@@ -22,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 const CHECK_ENGINES: &str = "engines";
 const CHECK_PUBSUB: &str = "pubsub";
+const CHECK_LEDGER: &str = "ledger";
 
 /// Results and dead letters on Pub/Sub.
 struct PubsubOutputs {
@@ -57,6 +60,7 @@ pub struct Application {
     registry: Arc<Registry>,
     metrics: Metrics,
     engines: BTreeMap<String, Arc<dyn Engine>>,
+    ledger: Arc<PostgresLedger>,
     connection: Connection,
 }
 
@@ -75,9 +79,23 @@ impl Application {
         let readiness = Arc::new(Readiness::default());
         readiness.register(CHECK_ENGINES, "engines not checked yet");
         readiness.register(CHECK_PUBSUB, "Pub/Sub not checked yet");
+        readiness.register(CHECK_LEDGER, "run ledger not migrated yet");
+        let l = &settings.ledger;
+        let ledger = Arc::new(
+            PostgresLedger::new(&l.url, &l.schema, l.pool_size).map_err(|e| anyhow::anyhow!("ledger.url: {e}"))?,
+        );
         let admin = AdminServer::bind(settings.admin.listen).await?;
         let connection = Connection::from_env(settings.pubsub.project.clone(), env);
-        Ok(Application { settings, admin, readiness, registry: Arc::new(registry), metrics, engines, connection })
+        Ok(Application {
+            settings,
+            admin,
+            readiness,
+            registry: Arc::new(registry),
+            metrics,
+            engines,
+            ledger,
+            connection,
+        })
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -87,7 +105,7 @@ impl Application {
     /// Runs until `shutdown` is cancelled or a critical task fails. Shutdown order: stop
     /// pulling, finish or hand back in-flight runs, flush acks, stop the admin server.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Application { settings, admin, readiness, registry, metrics, engines, connection } = self;
+        let Application { settings, admin, readiness, registry, metrics, engines, ledger, connection } = self;
         let ps = &settings.pubsub;
         tracing::info!(
             admin = %admin.local_addr(),
@@ -127,7 +145,22 @@ impl Application {
             .set_shutdown_behavior(pubsub_bus::ShutdownBehavior::WaitForProcessing)
             .build();
 
-        let runner = Arc::new(Runner::new(engines.clone(), outputs, metrics.clone(), settings.runner.max_timeout));
+        // The admin server answers while the ledger is migrated (its /readyz says so).
+        let router = admin::router(AdminState { readiness: readiness.clone(), registry });
+        let admin = admin.spawn(router);
+        if let Err(e) = migrate(&ledger, &readiness, &shutdown).await {
+            admin.stop().await;
+            return Err(e);
+        }
+        if shutdown.is_cancelled() {
+            admin.stop().await;
+            return Ok(());
+        }
+        let worker = worker_identity();
+        tracing::info!(worker = %worker, lease_secs = settings.ledger.lease.as_secs(), "run ledger ready");
+        let access = LedgerAccess { ledger: ledger.clone(), worker, lease: settings.ledger.lease };
+        let runner =
+            Arc::new(Runner::new(engines.clone(), outputs, metrics.clone(), settings.runner.max_timeout, access));
         let work = shutdown.child_token();
         let mut tasks = Supervisor::new(work.clone());
         tasks.spawn(
@@ -143,7 +176,7 @@ impl Application {
                 work.clone(),
             ),
         );
-        tasks.spawn("engine-check", check_engines(engines, readiness.clone(), work.clone()));
+        tasks.spawn("engine-check", check_engines(engines, ledger, readiness.clone(), work.clone()));
         let (pubsub_readiness, stop, topic) = (readiness.clone(), work.clone(), ps.results_topic.clone());
         tasks.spawn("pubsub-check", async move {
             connection
@@ -151,9 +184,6 @@ impl Application {
                 .await;
             Ok(())
         });
-        let router = admin::router(AdminState { readiness, registry });
-        let admin = admin.spawn(router);
-
         let result = tasks.join().await;
         admin.stop().await;
         tracing::info!("worker stopped");
@@ -161,13 +191,47 @@ impl Application {
     }
 }
 
-/// Pings every engine every 10 s and reports it in `/readyz`.
+/// Applies the ledger's migrations, retrying while the database does not answer; a schema
+/// newer than this build stops the worker.
+async fn migrate(ledger: &PostgresLedger, readiness: &Readiness, stop: &CancellationToken) -> anyhow::Result<()> {
+    loop {
+        match ledger.migrate().await {
+            Ok((before, after)) => {
+                tracing::info!(schema_version_before = before, schema_version = after, "run ledger migrated");
+                readiness.set(CHECK_LEDGER, true, format!("run ledger at schema version {after}"));
+                return Ok(());
+            }
+            Err(MigrateError::Newer(reason)) => {
+                tracing::error!(reason = %reason, "refusing to start");
+                anyhow::bail!("{reason}");
+            }
+            Err(MigrateError::Ledger(e)) => {
+                tracing::warn!(error = %e, "cannot migrate the run ledger yet, retrying in 5s");
+                readiness.set(CHECK_LEDGER, false, e.to_string());
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Pings every engine and the ledger every 10 s and reports them in `/readyz`.
 async fn check_engines(
     engines: BTreeMap<String, Arc<dyn Engine>>,
+    ledger: Arc<PostgresLedger>,
     readiness: Arc<Readiness>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     loop {
+        match ledger.ping().await {
+            Ok(()) => readiness.set(CHECK_LEDGER, true, "run ledger answers"),
+            Err(e) => {
+                tracing::warn!(error = %e, "run ledger check failed");
+                readiness.set(CHECK_LEDGER, false, e.to_string());
+            }
+        }
         let mut failures = Vec::new();
         for (name, engine) in &engines {
             if let Err(e) = engine.ping().await {

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod consumer;
 pub mod engines;
+pub mod ledger;
 pub mod metrics;
 pub mod params;
 pub mod runner;

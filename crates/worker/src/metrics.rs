@@ -10,7 +10,9 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
-    /// `succeeded`, `retried`, `failed` (dead-lettered), `undecodable`.
+    /// `succeeded`, `retried`, `failed` (dead-lettered), `undecodable`, `skipped` (overlap),
+    /// `duplicate` (the ledger says it already succeeded or was skipped: acked without
+    /// running), `running_elsewhere` (another worker holds its lease: handed back).
     pub outcome: &'static str,
     /// `none`, `retryable`, `permanent`, `decode`.
     pub error_class: &'static str,
@@ -30,6 +32,8 @@ pub struct Metrics {
     pub dead_lettered: Counter,
     /// Results or dead letters that could not be published (the job is nacked and retried).
     pub output_failures: Counter,
+    /// Run-ledger calls that failed (claims: the message is handed back).
+    pub ledger_failures: Counter,
 }
 
 impl Metrics {
@@ -43,6 +47,7 @@ impl Metrics {
             in_flight: Gauge::default(),
             dead_lettered: Counter::default(),
             output_failures: Counter::default(),
+            ledger_failures: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("worker");
         r.register("jobs", "Job messages handled, by outcome and error class", m.jobs.clone());
@@ -51,6 +56,7 @@ impl Metrics {
         r.register("jobs_in_flight", "Jobs running now", m.in_flight.clone());
         r.register("dead_lettered", "Messages sent to the dead-letter topic", m.dead_lettered.clone());
         r.register("output_failures", "Result or dead-letter publishes that failed", m.output_failures.clone());
+        r.register("ledger_failures", "Run-ledger calls that failed", m.ledger_failures.clone());
         m
     }
 }

@@ -3,6 +3,7 @@
 //! driven by Pub/Sub in production and by an in-process bus in the standalone mode.
 
 use crate::engines::{Engine, RunError};
+use crate::ledger::{Claim, Ledger, Outcome};
 use crate::metrics::{EngineLabels, Metrics, OutcomeLabels};
 use async_trait::async_trait;
 use chrono::Utc;
@@ -27,11 +28,31 @@ pub enum Disposition {
     Nack,
 }
 
+/// The run ledger as the runner uses it: where, under which identity, with which lease.
+#[derive(Clone)]
+pub struct LedgerAccess {
+    pub ledger: Arc<dyn Ledger>,
+    /// This worker's identity in leases.
+    pub worker: String,
+    /// How long a claim holds without being extended; the runner extends it every third.
+    pub lease: Duration,
+}
+
 pub struct Runner {
     engines: BTreeMap<String, Arc<dyn Engine>>,
     outputs: Arc<dyn Outputs>,
     metrics: Metrics,
     max_timeout: Duration,
+    ledger: LedgerAccess,
+}
+
+/// Aborts a task when dropped (the lease heartbeat ends with its run, however that ends).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Runner {
@@ -40,12 +61,15 @@ impl Runner {
         outputs: Arc<dyn Outputs>,
         metrics: Metrics,
         max_timeout: Duration,
+        ledger: LedgerAccess,
     ) -> Self {
-        Runner { engines, outputs, metrics, max_timeout }
+        Runner { engines, outputs, metrics, max_timeout, ledger }
     }
 
-    /// Handles one delivery. `attempt` is Pub/Sub's delivery attempt (1 for the first).
-    pub async fn handle(&self, data: &[u8], attributes: &HashMap<String, String>, attempt: u32) -> Disposition {
+    /// Handles one delivery. `delivery` is Pub/Sub's delivery attempt (1 for the first);
+    /// the attempts that count against `max_attempts` are the runs the ledger saw start.
+    pub async fn handle(&self, data: &[u8], attributes: &HashMap<String, String>, delivery: u32) -> Disposition {
+        let attempt = delivery;
         let job = match JobMessage::decode(data) {
             Ok(job) => job,
             Err(e) => {
@@ -59,8 +83,14 @@ impl Runner {
                 return self.dead_letter(data, attributes, "decode_error", &e.to_string(), attempt).await;
             }
         };
+        let attempt = match self.claim(&job, delivery).await {
+            Ok(attempt) => attempt,
+            Err(disposition) => return disposition,
+        };
         let started_at = Utc::now();
+        let heartbeat = AbortOnDrop(tokio::spawn(heartbeat(self.ledger.clone(), job.job_id.clone())));
         let result = self.run(&job).await;
+        drop(heartbeat);
         let finished_at = Utc::now();
         let elapsed = (finished_at - started_at).to_std().unwrap_or_default();
         self.metrics
@@ -90,6 +120,9 @@ impl Runner {
                 {
                     return self.output_failed(&job, "result", e);
                 }
+                // Recorded after the event, so that a crash in between repeats the
+                // (idempotent) run rather than losing its event.
+                self.record(&job, &Outcome::Succeeded { rows_written: output.rows_written }).await;
                 self.metrics.rows_written.inc_by(output.rows_written);
                 self.count("succeeded", None);
                 tracing::info!(
@@ -107,6 +140,7 @@ impl Runner {
             }
             Err(e) if e.class == ErrorClass::Retryable && attempt < job.max_attempts => {
                 self.count("retried", e.class);
+                self.record(&job, &Outcome::Failed { class: e.class, message: e.message.clone() }).await;
                 tracing::warn!(
                     job_id = %job.job_id,
                     tenant_id = %job.tenant_id,
@@ -133,9 +167,101 @@ impl Runner {
                 if let Err(err) = self.outputs.publish_result(&event(RunStatus::Failed, 0, Some(&e))).await {
                     return self.output_failed(&job, "result", err);
                 }
+                self.record(&job, &Outcome::Failed { class: e.class, message: e.message.clone() }).await;
                 self.count("failed", e.class);
                 self.dead_letter(data, attributes, reason, &e.message, attempt).await
             }
+        }
+    }
+
+    /// Claims the job in the ledger: `Ok(attempt)` to run it, else what to tell the bus.
+    async fn claim(&self, job: &JobMessage, delivery: u32) -> Result<u32, Disposition> {
+        let l = &self.ledger;
+        let claim = match l.ledger.claim(job, &l.worker, l.lease).await {
+            Ok(claim) => claim,
+            Err(e) => {
+                self.metrics.ledger_failures.inc();
+                tracing::warn!(job_id = %job.job_id, error = %e, "cannot claim the run, handing the message back");
+                return Err(Disposition::Nack);
+            }
+        };
+        match claim {
+            Claim::Run { attempt } => Ok(attempt),
+            Claim::Succeeded { rows_written, finished_at } => {
+                self.count("duplicate", None);
+                tracing::info!(
+                    job_id = %job.job_id,
+                    tenant_id = %job.tenant_id,
+                    query_id = %job.query_id,
+                    delivery,
+                    rows_written,
+                    finished_at = ?finished_at,
+                    "run already succeeded, acked without running it again"
+                );
+                Err(Disposition::Ack)
+            }
+            Claim::Skipped => {
+                self.count("duplicate", None);
+                tracing::info!(job_id = %job.job_id, delivery, "run already skipped, acked");
+                Err(Disposition::Ack)
+            }
+            Claim::RunningElsewhere { owner, lease_expires_at } => {
+                self.count("running_elsewhere", None);
+                tracing::info!(
+                    job_id = %job.job_id,
+                    owner = %owner,
+                    lease_expires_at = %lease_expires_at,
+                    delivery,
+                    "run is running on another worker, handing the message back"
+                );
+                Err(Disposition::Nack)
+            }
+            Claim::PreviousRunning { previous } => Err(self.skip(job, &previous, delivery).await),
+        }
+    }
+
+    /// Overlap `skip`: a result event says the run was skipped and why, then the ledger.
+    async fn skip(&self, job: &JobMessage, previous: &jobs_core::JobId, delivery: u32) -> Disposition {
+        let reason = format!("skipped: the previous run {previous} of this schedule is still running (overlap: skip)");
+        let now = Utc::now();
+        let event = ResultEvent {
+            schema_version: ResultEvent::SCHEMA_VERSION.to_owned(),
+            job_id: job.job_id.clone(),
+            tenant_id: job.tenant_id.clone(),
+            app_id: job.app_id.clone(),
+            query_id: job.query_id.clone(),
+            nominal_time: job.nominal_time,
+            status: RunStatus::Skipped,
+            attempt: delivery,
+            rows_written: 0,
+            started_at: now,
+            finished_at: now,
+            error_class: None,
+            error_message: Some(reason.clone()),
+        };
+        if let Err(e) = self.outputs.publish_result(&event).await {
+            return self.output_failed(job, "result", e);
+        }
+        self.record(job, &Outcome::Skipped { reason }).await;
+        self.count("skipped", None);
+        tracing::info!(
+            job_id = %job.job_id,
+            tenant_id = %job.tenant_id,
+            app_id = %job.app_id,
+            query_id = %job.query_id,
+            nominal = %job.nominal_time,
+            previous = %previous,
+            "run skipped: the previous run of its schedule is still running"
+        );
+        Disposition::Ack
+    }
+
+    /// Records an outcome; a failure is logged and counted (the lease then expires, and the
+    /// job id can be claimed again, which the idempotent write makes harmless).
+    async fn record(&self, job: &JobMessage, outcome: &Outcome) {
+        if let Err(e) = self.ledger.ledger.finish(job, &self.ledger.worker, outcome).await {
+            self.metrics.ledger_failures.inc();
+            tracing::warn!(job_id = %job.job_id, error = %e, "cannot record the outcome in the run ledger");
         }
     }
 
@@ -200,5 +326,18 @@ impl Runner {
     /// Engine label for metrics: configured names only, so a hostile message cannot mint series.
     fn engine_label(&self, engine: &str) -> String {
         if self.engines.contains_key(engine) { engine.to_owned() } else { "unknown".to_owned() }
+    }
+}
+
+/// Extends the run's lease every third of it until aborted.
+async fn heartbeat(l: LedgerAccess, job_id: jobs_core::JobId) {
+    let every = (l.lease / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every).await;
+        match l.ledger.extend(&job_id, &l.worker, l.lease).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(job_id = %job_id, "this worker no longer holds the run's lease"),
+            Err(e) => tracing::warn!(job_id = %job_id, error = %e, "cannot extend the run's lease"),
+        }
     }
 }

@@ -16,6 +16,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub pubsub: PubsubSettings,
     pub runner: RunnerSettings,
+    pub ledger: LedgerSettings,
     /// Engines by the name queries use in their `engine` field (none by default: each is
     /// configured, e.g. `[engines.warehouse]` or `WORKER_ENGINES__WAREHOUSE__URL`).
     pub engines: BTreeMap<String, EngineSettings>,
@@ -101,6 +102,32 @@ impl Default for RunnerSettings {
     }
 }
 
+/// The run ledger (PostgreSQL): one row per job id, so each run's effect happens once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerSettings {
+    /// Connection string; a secret, never logged.
+    pub url: Secret,
+    /// The ledger's own schema (created, and migrated, at start-up).
+    pub schema: String,
+    pub pool_size: usize,
+    /// How long a claim on a run holds without being extended (the runner extends it every
+    /// third): after a worker dies, its runs can be claimed again this much later.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        LedgerSettings {
+            url: Secret::new("postgres://postgres@127.0.0.1:5432/postgres"),
+            schema: "sqo_ledger".into(),
+            pool_size: 4,
+            lease: Duration::from_secs(60),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineKind {
@@ -172,6 +199,22 @@ impl Validate for Settings {
                 humantime::format_duration(r.max_lease),
                 humantime::format_duration(r.max_timeout)
             ));
+        }
+        let l = &self.ledger;
+        if let Err(err) = l.url.expose().parse::<tokio_postgres::Config>() {
+            p.push(format!("ledger.url is not a valid PostgreSQL connection string ({err})"));
+        }
+        if l.schema.is_empty()
+            || l.schema.len() > 63
+            || !l.schema.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            p.push(format!("ledger.schema {:?} must be 1 to 63 letters, digits or underscores", l.schema));
+        }
+        if l.pool_size == 0 {
+            p.push("ledger.pool_size must be at least 1".into());
+        }
+        if l.lease < Duration::from_secs(3) {
+            p.push(format!("ledger.lease ({}) must be at least 3s", humantime::format_duration(l.lease)));
         }
         if self.engines.is_empty() {
             p.push("engines is empty: no job could ever run".into());

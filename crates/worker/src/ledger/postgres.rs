@@ -1,0 +1,293 @@
+//! The run ledger in PostgreSQL: table `runs` in its own schema (`ledger.schema`, default
+//! `sqo_ledger`), one row per job id.
+//!
+//! Migrations run at start-up, in order, each in a transaction under an advisory lock (so
+//! that workers starting together apply them once); the schema's version is kept in
+//! `schema_version`. A worker refuses to start against a schema newer than it knows.
+//!
+//! A claim is one transaction: it locks the schedule (a transaction-scoped advisory lock on
+//! the schedule's identity, so that two runs of one schedule are never both admitted under
+//! overlap `skip`), reads the job id's row, checks the previous run of the schedule, and
+//! takes the lease.
+
+use super::{Claim, Ledger, LedgerError, Outcome};
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use jobs_core::{JobId, JobMessage, Overlap};
+use service_kit::Secret;
+use std::str::FromStr;
+use std::time::Duration;
+use tokio_postgres::NoTls;
+
+/// The migrations, in order; the schema's version is the number applied. `{schema}` is the
+/// ledger's schema, quoted.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the runs.
+    "CREATE TABLE {schema}.runs (
+        job_id text PRIMARY KEY,
+        tenant_id text NOT NULL,
+        app_id text NOT NULL,
+        query_id text NOT NULL,
+        nominal_time timestamptz NOT NULL,
+        state text NOT NULL CHECK (state IN ('running', 'succeeded', 'failed', 'skipped')),
+        attempts integer NOT NULL DEFAULT 0,
+        lease_owner text,
+        lease_expires_at timestamptz,
+        started_at timestamptz,
+        finished_at timestamptz,
+        rows_written bigint,
+        error_class text,
+        error_message text,
+        updated_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX runs_running_by_schedule ON {schema}.runs (tenant_id, app_id, query_id, nominal_time)
+        WHERE state = 'running';
+    CREATE INDEX runs_by_tenant_recent ON {schema}.runs (tenant_id, updated_at DESC);",
+];
+
+/// The schema version this build knows.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+pub struct PostgresLedger {
+    pool: Pool,
+    schema: String,
+}
+
+fn err(what: &str) -> impl Fn(tokio_postgres::Error) -> LedgerError + '_ {
+    move |e| LedgerError(format!("{what}: {e}"))
+}
+
+impl PostgresLedger {
+    /// Connects (lazily) with a pool of `pool_size` connections.
+    pub fn new(url: &Secret, schema: &str, pool_size: usize) -> Result<Self, LedgerError> {
+        let config = tokio_postgres::Config::from_str(url.expose())
+            .map_err(|e| LedgerError(format!("invalid PostgreSQL connection string: {e}")))?;
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .create_timeout(Some(Duration::from_secs(10)))
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .build()
+            .map_err(|e| LedgerError(format!("cannot build the ledger's pool: {e}")))?;
+        Ok(PostgresLedger { pool, schema: crate::engines::postgres::quote_ident(schema) })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, LedgerError> {
+        self.pool.get().await.map_err(|e| LedgerError(format!("cannot get a connection: {e}")))
+    }
+
+    /// Applies the missing migrations; refuses a schema newer than [`SCHEMA_VERSION`].
+    /// Returns the version before and after.
+    pub async fn migrate(&self) -> Result<(i32, i32), MigrateError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(err("begin"))?;
+        // One migrator at a time, whatever the schema's name.
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext('sqo-ledger-migrations'))", &[])
+            .await
+            .map_err(err("lock the migrations"))?;
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {s};
+             CREATE TABLE IF NOT EXISTS {s}.schema_version (version integer NOT NULL);",
+            s = self.schema
+        ))
+        .await
+        .map_err(err("create the ledger schema"))?;
+        let rows = tx
+            .query(&format!("SELECT version FROM {}.schema_version", self.schema), &[])
+            .await
+            .map_err(err("read the schema version"))?;
+        let before: i32 = match rows.first() {
+            Some(row) => row.get(0),
+            None => {
+                tx.execute(&format!("INSERT INTO {}.schema_version (version) VALUES (0)", self.schema), &[])
+                    .await
+                    .map_err(err("initialise the schema version"))?;
+                0
+            }
+        };
+        if before > SCHEMA_VERSION {
+            return Err(MigrateError::Newer(format!(
+                "the ledger schema {} is at version {before}, newer than this worker knows ({SCHEMA_VERSION}); \
+                 run a newer worker",
+                self.schema
+            )));
+        }
+        for (i, migration) in MIGRATIONS.iter().enumerate().skip(before as usize) {
+            tx.batch_execute(&migration.replace("{schema}", &self.schema))
+                .await
+                .map_err(|e| LedgerError(format!("migration {}: {e}", i + 1)))?;
+        }
+        tx.execute(&format!("UPDATE {}.schema_version SET version = $1", self.schema), &[&SCHEMA_VERSION])
+            .await
+            .map_err(err("record the schema version"))?;
+        tx.commit().await.map_err(err("commit the migrations"))?;
+        Ok((before, SCHEMA_VERSION))
+    }
+}
+
+/// Why the migrations did not run.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MigrateError {
+    /// The schema is newer than this build: refuse to start.
+    #[error("{0}")]
+    Newer(String),
+    /// The database did not answer or refused a statement: worth retrying.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+#[async_trait]
+impl Ledger for PostgresLedger {
+    async fn claim(&self, job: &JobMessage, worker: &str, lease: Duration) -> Result<Claim, LedgerError> {
+        let s = &self.schema;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(err("begin"))?;
+        let schedule = format!("{}\u{1f}{}\u{1f}{}", job.tenant_id, job.app_id, job.query_id);
+        tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&schedule])
+            .await
+            .map_err(err("lock the schedule"))?;
+        let row = tx
+            .query_opt(
+                &format!(
+                    "SELECT state, lease_owner, lease_expires_at, lease_expires_at > now() AS live, rows_written,
+                            finished_at
+                     FROM {s}.runs WHERE job_id = $1 FOR UPDATE"
+                ),
+                &[&job.job_id.as_str()],
+            )
+            .await
+            .map_err(err("read the run"))?;
+        if let Some(row) = &row {
+            let state: &str = row.get("state");
+            let owner: Option<String> = row.get("lease_owner");
+            let live: Option<bool> = row.get("live");
+            match state {
+                "succeeded" => {
+                    let rows: Option<i64> = row.get("rows_written");
+                    return Ok(Claim::Succeeded {
+                        rows_written: rows.unwrap_or(0).max(0) as u64,
+                        finished_at: row.get("finished_at"),
+                    });
+                }
+                "skipped" => return Ok(Claim::Skipped),
+                // Live anywhere, this worker included: a duplicate delivery never runs beside the
+                // first (a restarted worker has a new identity, so its old leases just expire).
+                "running" if live == Some(true) => {
+                    return Ok(Claim::RunningElsewhere {
+                        owner: owner.unwrap_or_default(),
+                        lease_expires_at: row.get("lease_expires_at"),
+                    });
+                }
+                _ => {}
+            }
+        }
+        if job.overlap == Overlap::Skip {
+            let previous = tx
+                .query_opt(
+                    &format!(
+                        "SELECT job_id FROM {s}.runs
+                         WHERE tenant_id = $1 AND app_id = $2 AND query_id = $3 AND state = 'running'
+                           AND nominal_time < $4 AND lease_expires_at > now() AND job_id <> $5
+                         ORDER BY nominal_time DESC LIMIT 1"
+                    ),
+                    &[&job.tenant_id, &job.app_id, &job.query_id, &job.nominal_time, &job.job_id.as_str()],
+                )
+                .await
+                .map_err(err("look for the previous run"))?;
+            if let Some(previous) = previous {
+                let id: &str = previous.get(0);
+                let previous = id.parse().map_err(LedgerError)?;
+                tx.commit().await.map_err(err("commit"))?;
+                return Ok(Claim::PreviousRunning { previous });
+            }
+        }
+        let attempt: i32 = tx
+            .query_one(
+                &format!(
+                    "INSERT INTO {s}.runs AS r (job_id, tenant_id, app_id, query_id, nominal_time, state, attempts,
+                                               lease_owner, lease_expires_at, started_at)
+                     VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, now() + make_interval(secs => $7), now())
+                     ON CONFLICT (job_id) DO UPDATE SET
+                         state = 'running', attempts = r.attempts + 1, lease_owner = $6,
+                         lease_expires_at = now() + make_interval(secs => $7), started_at = now(),
+                         finished_at = NULL, error_class = NULL, error_message = NULL, updated_at = now()
+                     RETURNING attempts"
+                ),
+                &[
+                    &job.job_id.as_str(),
+                    &job.tenant_id,
+                    &job.app_id,
+                    &job.query_id,
+                    &job.nominal_time,
+                    &worker,
+                    &secs(lease),
+                ],
+            )
+            .await
+            .map_err(err("take the lease"))?
+            .get(0);
+        tx.commit().await.map_err(err("commit the claim"))?;
+        Ok(Claim::Run { attempt: attempt.max(1) as u32 })
+    }
+
+    async fn extend(&self, job_id: &JobId, worker: &str, lease: Duration) -> Result<bool, LedgerError> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                &format!(
+                    "UPDATE {}.runs SET lease_expires_at = now() + make_interval(secs => $3), updated_at = now()
+                     WHERE job_id = $1 AND state = 'running' AND lease_owner = $2",
+                    self.schema
+                ),
+                &[&job_id.as_str(), &worker, &secs(lease)],
+            )
+            .await
+            .map_err(err("extend the lease"))?;
+        Ok(n == 1)
+    }
+
+    async fn finish(&self, job: &JobMessage, _worker: &str, outcome: &Outcome) -> Result<(), LedgerError> {
+        let (rows, class, message): (Option<i64>, Option<&str>, Option<String>) = match outcome {
+            Outcome::Succeeded { rows_written } => (Some(*rows_written as i64), None, None),
+            Outcome::Failed { class, message } => (None, Some(class.as_str()), Some(crate::truncate(message, 4096))),
+            Outcome::Skipped { reason } => (None, None, Some(crate::truncate(reason, 4096))),
+        };
+        let client = self.client().await?;
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {}.runs AS r (job_id, tenant_id, app_id, query_id, nominal_time, state, attempts,
+                                              rows_written, error_class, error_message, finished_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, now())
+                     ON CONFLICT (job_id) DO UPDATE SET
+                         state = $6, rows_written = $7, error_class = $8, error_message = $9, finished_at = now(),
+                         lease_owner = NULL, lease_expires_at = NULL, updated_at = now()",
+                    self.schema
+                ),
+                &[
+                    &job.job_id.as_str(),
+                    &job.tenant_id,
+                    &job.app_id,
+                    &job.query_id,
+                    &job.nominal_time,
+                    &outcome.state(),
+                    &rows,
+                    &class,
+                    &message,
+                ],
+            )
+            .await
+            .map_err(err("record the outcome"))?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), LedgerError> {
+        self.client().await?.simple_query("SELECT 1").await.map_err(err("ping"))?;
+        Ok(())
+    }
+}
