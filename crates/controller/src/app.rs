@@ -1,11 +1,13 @@
 //! The controller application: build it from settings (binding the admin port), then run
 //! it until the shutdown token is cancelled.
 
+use crate::catchup::{Progress, missed_runs};
 use crate::metrics::Metrics;
 use crate::platform::{ApiSettings, PlatformClient, TokenSource};
 use crate::publisher::{JobSink, PublishSettings, run_publisher};
 use crate::settings::{CatalogSource, Settings};
-use crate::sync::{Source, Syncer};
+use crate::state::{MemoryState, PostgresState, StateError, StateStore};
+use crate::sync::{RemovalGuard, Source, SyncError, Syncer};
 use crate::timer::{DueRun, Timer};
 use anyhow::Context;
 use prometheus_client::registry::Registry;
@@ -21,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 const CHECK_CATALOG: &str = "catalog";
 const CHECK_PUBSUB: &str = "pubsub";
+const CHECK_STATE: &str = "state";
 
 pub struct Application {
     settings: Settings,
@@ -70,6 +73,7 @@ impl Application {
         let readiness = Arc::new(Readiness::default());
         readiness.register(CHECK_CATALOG, "first catalog not loaded yet");
         readiness.register(CHECK_PUBSUB, "Pub/Sub not checked yet");
+        readiness.register(CHECK_STATE, "controller state not opened yet");
         let admin = AdminServer::bind(settings.admin.listen).await?;
         let connection = pubsub_bus::Connection::from_env(settings.pubsub.project.clone(), env);
         Ok(Application {
@@ -127,17 +131,47 @@ impl Application {
         let timer = Arc::new(Mutex::new(Timer::new(settings.placement.strategy)));
         let timer_changed = Arc::new(Notify::new());
         let (runs_tx, runs_rx) = mpsc::channel::<DueRun>(10_000);
-        let work = shutdown.child_token();
-        let mut tasks = Supervisor::new(work.clone());
-
         let mut syncer =
             Syncer::new(source, settings.catalog.policy(), timer.clone(), timer_changed.clone(), metrics.clone());
         syncer.placement = settings.placement.clone();
+        syncer.guard = RemovalGuard::new(settings.catalog.max_removal_share, settings.catalog.removal_confirmations);
         let schedule_api = crate::admin_api::ScheduleApi {
             catalog: syncer.view.clone(),
             timer: timer.clone(),
             observed: syncer.observed.clone(),
         };
+        let router = admin::router(AdminState { readiness: readiness.clone(), registry })
+            .merge(crate::admin_api::router(schedule_api));
+        let admin = admin.spawn(router);
+
+        // The state (watermark, last good catalog) before anything is scheduled; /readyz
+        // says what the controller waits for.
+        let store: Arc<dyn StateStore> = if settings.state.url.expose().is_empty() {
+            Arc::new(MemoryState::default())
+        } else {
+            match PostgresState::new(&settings.state.url, &settings.state.schema) {
+                Ok(store) => Arc::new(store),
+                Err(e) => {
+                    admin.stop().await;
+                    anyhow::bail!("state.url: {e}");
+                }
+            }
+        };
+        let watermark = match open_state(&*store, &readiness, &shutdown).await {
+            Ok(Some(watermark)) => watermark,
+            Ok(None) => {
+                admin.stop().await;
+                return Ok(());
+            }
+            Err(e) => {
+                admin.stop().await;
+                return Err(e);
+            }
+        };
+        let progress = Arc::new(Progress::new(watermark));
+        let work = shutdown.child_token();
+        let mut tasks = Supervisor::new(work.clone());
+
         if uses_pubsub && !settings.pubsub.results_subscription.is_empty() {
             let ps = &settings.pubsub;
             if ps.create_topics {
@@ -169,19 +203,49 @@ impl Application {
                 work.clone(),
             ),
         );
-        tasks.spawn("catalog-sync", run_sync(syncer, settings.catalog.sync_interval, readiness.clone(), work.clone()));
-        tasks.spawn("timer", crate::timer::drive(timer, timer_changed, runs_tx, metrics.clone(), work.clone()));
+        let startup = Startup {
+            store: store.clone(),
+            watermark,
+            progress: progress.clone(),
+            runs: runs_tx.clone(),
+            catchup: settings.catchup.clone(),
+        };
         tasks.spawn(
-            "publisher",
-            run_publisher(
-                sink,
-                PublishSettings {
-                    max_in_flight: settings.pubsub.max_in_flight,
-                    initial_backoff: Duration::from_millis(200),
-                    max_backoff: Duration::from_secs(30),
-                    drain_timeout: settings.pubsub.drain_timeout,
-                },
-                runs_rx,
+            "catalog-sync",
+            run_sync(syncer, startup, settings.catalog.sync_interval, readiness.clone(), work.clone()),
+        );
+        tasks.spawn(
+            "timer",
+            crate::timer::drive(timer, timer_changed, runs_tx, progress.clone(), metrics.clone(), work.clone()),
+        );
+        let publisher_done = CancellationToken::new();
+        let done = publisher_done.clone();
+        let publisher = run_publisher(
+            sink,
+            PublishSettings {
+                max_in_flight: settings.pubsub.max_in_flight,
+                initial_backoff: Duration::from_millis(200),
+                max_backoff: Duration::from_secs(30),
+                drain_timeout: settings.pubsub.drain_timeout,
+            },
+            runs_rx,
+            progress.clone(),
+            metrics.clone(),
+            work.clone(),
+        );
+        tasks.spawn("publisher", async move {
+            let result = publisher.await;
+            done.cancel();
+            result
+        });
+        tasks.spawn(
+            "watermark",
+            keep_watermark(
+                store,
+                progress,
+                settings.state.watermark_interval,
+                settings.pubsub.drain_timeout + Duration::from_secs(5),
+                publisher_done,
                 metrics.clone(),
                 work.clone(),
             ),
@@ -192,8 +256,6 @@ impl Application {
                 check_pubsub(connection.clone(), settings.pubsub.jobs_topic.clone(), readiness.clone(), work.clone()),
             );
         }
-        let router = admin::router(AdminState { readiness, registry }).merge(crate::admin_api::router(schedule_api));
-        let admin = admin.spawn(router);
 
         let result = tasks.join().await;
         admin.stop().await;
@@ -214,14 +276,138 @@ async fn check_pubsub(
     Ok(())
 }
 
-/// The first sync is retried with backoff until it succeeds; later syncs run on the
-/// configured cadence (a tokio-cron-scheduler job) and a failure keeps the running schedules.
+/// Opens the state store (migrations), retrying while its database does not answer; a
+/// schema newer than this build stops the controller. `Ok(None)`: stopped while waiting;
+/// `Ok(Some(watermark))` otherwise.
+async fn open_state(
+    store: &dyn StateStore,
+    readiness: &Readiness,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<Option<chrono::DateTime<chrono::Utc>>>> {
+    loop {
+        let opened = match store.open().await {
+            Ok(what) => store.watermark().await.map(|w| (what, w)),
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok((what, watermark)) => {
+                tracing::info!(state = %what, watermark = ?watermark, "controller state opened");
+                readiness.set(CHECK_STATE, true, what);
+                return Ok(Some(watermark));
+            }
+            Err(StateError::Newer(reason)) => {
+                tracing::error!(reason = %reason, "refusing to start");
+                anyhow::bail!("{reason}");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the controller state yet, retrying in 5s");
+                readiness.set(CHECK_STATE, false, e.to_string());
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// What the first sync needs besides the syncer: the saved watermark and catalog, and where
+/// the catch-up goes.
+struct Startup {
+    store: Arc<dyn StateStore>,
+    watermark: Option<chrono::DateTime<chrono::Utc>>,
+    progress: Arc<Progress>,
+    runs: mpsc::Sender<DueRun>,
+    catchup: crate::settings::CatchupSettings,
+}
+
+impl Startup {
+    /// Hands the runs missed since the saved watermark to the publisher, then lets the
+    /// watermark move on.
+    async fn catch_up(&self, syncer: &Syncer, metrics: &Metrics) {
+        let Some(watermark) = self.watermark else {
+            self.progress.release();
+            return;
+        };
+        let now = chrono::Utc::now();
+        let schedules = syncer.view.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let (runs, counts) = {
+            let timer = syncer.timer.lock().unwrap_or_else(|p| p.into_inner());
+            missed_runs(&schedules, &timer, watermark, now, self.catchup.window, self.catchup.missed)
+        };
+        for (outcome, n) in [
+            ("replayed", counts.replayed),
+            ("dropped_by_policy", counts.dropped_by_policy),
+            ("beyond_window", counts.beyond_window),
+        ] {
+            metrics.missed_runs.get_or_create(&crate::metrics::OutcomeLabels { outcome }).inc_by(n);
+        }
+        tracing::info!(
+            watermark = %watermark,
+            gap_secs = (now - watermark).num_seconds(),
+            policy = ?self.catchup.missed,
+            replayed = counts.replayed,
+            dropped_by_policy = counts.dropped_by_policy,
+            beyond_window = counts.beyond_window,
+            "catch-up after a restart"
+        );
+        self.progress.queued(runs.iter().map(|r| r.placed));
+        self.progress.release();
+        for run in runs {
+            if self.runs.send(run).await.is_err() {
+                return; // stopping: the watermark keeps the rest for the next start
+            }
+        }
+    }
+
+    /// Saves the catalog in force as the last good one (in the catalog file's form).
+    async fn save_catalog(&self, catalog: &crate::catalog::Catalog) {
+        let schedules = catalog.schedules.clone();
+        let n = schedules.len();
+        let json = match tokio::task::spawn_blocking(move || crate::catalog::to_catalog_file(&schedules)).await {
+            Ok(json) => json,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot serialise the last good catalog");
+                return;
+            }
+        };
+        match self.store.save_catalog(&json, n).await {
+            Ok(()) => tracing::debug!(schedules = n, bytes = json.len(), "last good catalog saved"),
+            Err(e) => tracing::warn!(error = %e, "cannot save the last good catalog"),
+        }
+    }
+
+    /// The last good catalog, if one was saved and still reads.
+    async fn saved_catalog(&self) -> Option<(crate::catalog::RawCatalog, chrono::DateTime<chrono::Utc>, i64)> {
+        let saved = match self.store.catalog().await {
+            Ok(saved) => saved?,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the last good catalog");
+                return None;
+            }
+        };
+        match serde_json::from_slice::<crate::catalog::CatalogFile>(&saved.json) {
+            Ok(file) => Some((file.into(), saved.saved_at, saved.schedules)),
+            Err(e) => {
+                tracing::error!(error = %e, "the saved catalog does not read; ignoring it");
+                None
+            }
+        }
+    }
+}
+
+/// The first sync is retried with backoff until it succeeds — or, when the platform does not
+/// answer, the controller starts from the last good catalog and keeps retrying the platform
+/// on the sync cadence. Then the catch-up. Later syncs run on the configured cadence (a
+/// tokio-cron-scheduler job) and a failure keeps the running schedules.
 async fn run_sync(
     mut syncer: Syncer,
+    startup: Startup,
     interval: Duration,
     readiness: Arc<Readiness>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    let metrics = syncer.metrics.clone();
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -232,18 +418,37 @@ async fn run_sync(
                     true,
                     format!("{} schedules, {} skipped items", catalog.schedules.len(), catalog.problems.len()),
                 );
+                startup.save_catalog(&catalog).await;
+                startup.catch_up(&syncer, &metrics).await;
                 syncer.place_and_install(&catalog).await;
                 break;
             }
             Err(e) => {
+                tracing::error!(attempt, error = %e, "first catalog sync failed");
+                if attempt == 1
+                    && let Some((raw, saved_at, n)) = startup.saved_catalog().await
+                    && let Ok((_, catalog)) = syncer.apply(raw).await
+                {
+                    let detail = format!(
+                        "running from the last good catalog saved at {saved_at} ({n} schedules); the platform did \
+                         not answer: {e}"
+                    );
+                    tracing::warn!(saved_at = %saved_at, schedules = n, error = %e, "starting from the last good catalog");
+                    readiness.set(CHECK_CATALOG, true, detail);
+                    startup.catch_up(&syncer, &metrics).await;
+                    syncer.place_and_install(&catalog).await;
+                    break;
+                }
                 readiness.set(CHECK_CATALOG, false, e.to_string());
-                tracing::error!(attempt, error = %e, "first catalog sync failed, retrying");
             }
         }
         let wait =
             crate::platform::backoff_with_jitter(attempt, Duration::from_secs(1), interval.max(Duration::from_secs(2)));
         tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
+            _ = stop.cancelled() => {
+                startup.progress.release();
+                return Ok(());
+            }
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -266,13 +471,19 @@ async fn run_sync(
             tick = ticks.recv() => if tick.is_none() { break },
         }
         match syncer.sync_once().await {
-            Ok((_, catalog)) => {
+            Ok((diff, catalog)) => {
                 readiness.set(
                     CHECK_CATALOG,
                     true,
                     format!("{} schedules, {} skipped items", catalog.schedules.len(), catalog.problems.len()),
                 );
+                if diff.added + diff.changed + diff.removed > 0 {
+                    startup.save_catalog(&catalog).await;
+                }
                 syncer.place_and_install(&catalog).await;
+            }
+            Err(e @ SyncError::HeldBack { .. }) => {
+                readiness.set(CHECK_CATALOG, true, format!("running on the previous catalog: {e}"));
             }
             Err(e) => {
                 // Keep the running schedules: still ready, but say so.
@@ -284,6 +495,55 @@ async fn run_sync(
     if let Err(e) = cadence.shutdown().await {
         tracing::warn!(error = %e, "sync cadence did not stop cleanly");
     }
+    Ok(())
+}
+
+/// Saves the watermark every `interval` when it moved; at shutdown, waits (at most `drain`)
+/// for the publisher to drain and saves it a last time.
+async fn keep_watermark(
+    store: Arc<dyn StateStore>,
+    progress: Arc<Progress>,
+    interval: Duration,
+    drain: Duration,
+    publisher_done: CancellationToken,
+    metrics: Metrics,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut saved: Option<chrono::DateTime<chrono::Utc>> = None;
+    let save = |saved: &mut Option<chrono::DateTime<chrono::Utc>>| {
+        let w = progress.watermark();
+        let (store, metrics) = (store.clone(), metrics.clone());
+        let previous = *saved;
+        async move {
+            let w = w.filter(|w| previous.is_none_or(|p| *w > p))?;
+            match store.save_watermark(w).await {
+                Ok(()) => {
+                    metrics.watermark_lag_seconds.set((chrono::Utc::now() - w).num_milliseconds() as f64 / 1000.0);
+                    Some(w)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot save the watermark");
+                    None
+                }
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if let Some(w) = save(&mut saved).await {
+            saved = Some(w);
+        }
+    }
+    if tokio::time::timeout(drain, publisher_done.cancelled()).await.is_err() {
+        tracing::warn!("the publisher did not drain in time; saving the watermark as it stands");
+    }
+    if let Some(w) = save(&mut saved).await {
+        saved = Some(w);
+    }
+    tracing::info!(watermark = ?saved, in_flight = progress.in_flight(), "watermark saved at shutdown");
     Ok(())
 }
 

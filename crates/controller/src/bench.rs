@@ -280,6 +280,7 @@ pub async fn ours(n: usize, cfg: &TimerBench, alloc: &'static Allocator) -> Figu
         timer.clone(),
         Arc::new(tokio::sync::Notify::new()),
         tx,
+        Arc::new(crate::catchup::Progress::disabled()),
         Metrics::register(&mut registry),
         stop.clone(),
     ));
@@ -312,6 +313,7 @@ pub async fn ours(n: usize, cfg: &TimerBench, alloc: &'static Allocator) -> Figu
         idle_timer,
         Arc::new(tokio::sync::Notify::new()),
         tx,
+        Arc::new(crate::catchup::Progress::disabled()),
         Metrics::register(&mut registry),
         stop.clone(),
     ));

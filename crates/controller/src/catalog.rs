@@ -203,6 +203,42 @@ pub struct Schedule {
     pub tenant_weight: f32,
 }
 
+/// The schedules in the catalog file's form (`platform-api.md`), so that a saved catalog is
+/// read back — and validated — like any catalog file. Each query carries its effective
+/// time zone, spread, timeout and attempts, so the defaults of a later configuration do not
+/// change it.
+pub fn to_catalog_file(schedules: &BTreeMap<ScheduleKey, Arc<Schedule>>) -> Vec<u8> {
+    use serde_json::json;
+    let mut tenants: BTreeMap<&str, (f32, BTreeMap<&str, Vec<serde_json::Value>>)> = BTreeMap::new();
+    for s in schedules.values() {
+        let human = |d: Duration| humantime::format_duration(d).to_string();
+        let query = json!({
+            "id": &*s.key.query_id,
+            "schedule": &*s.expression,
+            "timezone": s.timezone.name(),
+            "spread": human(s.spread),
+            "engine": &*s.engine,
+            "sql": &*s.sql,
+            "destination": &*s.destination,
+            "timeout": human(s.timeout),
+            "max_attempts": s.max_attempts,
+            "overlap": s.overlap,
+            "estimated_duration": s.estimated_duration.map(human),
+        });
+        let tenant = tenants.entry(&s.key.tenant_id).or_insert_with(|| (s.tenant_weight, BTreeMap::new()));
+        tenant.1.entry(&s.key.app_id).or_default().push(query);
+    }
+    let tenants: Vec<serde_json::Value> = tenants
+        .into_iter()
+        .map(|(id, (weight, apps))| {
+            let apps: Vec<_> =
+                apps.into_iter().map(|(id, queries)| json!({"id": id, "enabled": true, "queries": queries})).collect();
+            json!({"id": id, "status": "active", "weight": weight, "apps": apps})
+        })
+        .collect();
+    serde_json::to_vec(&json!({ "tenants": tenants })).expect("a catalog always serializes")
+}
+
 /// The rules and defaults validation applies.
 #[derive(Debug, Clone)]
 pub struct CatalogPolicy {
@@ -622,6 +658,25 @@ mod tests {
                 vec![json!({"id": "sales", "enabled": true, "queries": queries})],
             )],
         }
+    }
+
+    #[test]
+    fn a_saved_catalog_reads_back_as_the_same_schedules() {
+        let mut detailed = query("detailed");
+        detailed["timezone"] = json!("Asia/Tokyo");
+        detailed["spread"] = json!("10m");
+        detailed["timeout"] = json!("90s");
+        detailed["max_attempts"] = json!(5);
+        detailed["overlap"] = json!("allow");
+        detailed["estimated_duration"] = json!("40s");
+        let mut policy = CatalogPolicy::for_tests();
+        policy.max_spread = Duration::from_secs(3600);
+        let first = validate(one_tenant(vec![query("plain"), detailed]), &policy);
+        let json = to_catalog_file(&first.schedules);
+        let file: CatalogFile = serde_json::from_slice(&json).expect("reads as a catalog file");
+        let again = validate(file.into(), &policy);
+        assert!(again.problems.is_empty(), "{:#?}", again.problems);
+        assert_eq!(again.schedules, first.schedules);
     }
 
     fn only_problem(c: &Catalog) -> &Problem {

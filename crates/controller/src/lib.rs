@@ -6,6 +6,7 @@ pub mod admin_api;
 pub mod app;
 pub mod bench;
 pub mod catalog;
+pub mod catchup;
 pub mod durations;
 pub mod fairness;
 pub mod metrics;
@@ -15,6 +16,7 @@ pub mod platform;
 pub mod publisher;
 pub mod schedule;
 pub mod settings;
+pub mod state;
 pub mod sync;
 pub mod timer;
 

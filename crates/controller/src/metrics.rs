@@ -50,6 +50,13 @@ pub struct Metrics {
     pub publish_queue: Gauge,
     /// Seconds between a run's placed time and the moment the timer handed it over.
     pub fire_lateness: Histogram,
+    /// Runs missed while the controller was down, by what the catch-up did with them
+    /// (`replayed`, `dropped_by_policy`, `beyond_window`).
+    pub missed_runs: Family<OutcomeLabels, Counter>,
+    /// Seconds between now and the saved watermark.
+    pub watermark_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Syncs held back by the mass-deletion guard.
+    pub catalog_held_back: Counter,
 }
 
 impl Metrics {
@@ -67,6 +74,9 @@ impl Metrics {
             runs_unpublished_at_shutdown: Counter::default(),
             publish_queue: Gauge::default(),
             fire_lateness: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0]),
+            missed_runs: Family::default(),
+            watermark_lag_seconds: Gauge::default(),
+            catalog_held_back: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("controller");
         r.register(
@@ -96,6 +106,17 @@ impl Metrics {
             "fire_lateness_seconds",
             "Delay between a run's placed time and its hand-over",
             m.fire_lateness.clone(),
+        );
+        r.register("missed_runs", "Runs missed while the controller was down, by outcome", m.missed_runs.clone());
+        r.register(
+            "watermark_lag_seconds",
+            "Seconds between now and the saved watermark (every run placed before it is published)",
+            m.watermark_lag_seconds.clone(),
+        );
+        r.register(
+            "catalog_held_back",
+            "Syncs held back because they would remove too many schedules",
+            m.catalog_held_back.clone(),
         );
         m
     }

@@ -65,6 +65,7 @@ pub async fn run_publisher(
     sink: Arc<dyn JobSink>,
     settings: PublishSettings,
     mut runs: mpsc::Receiver<DueRun>,
+    progress: Arc<crate::catchup::Progress>,
     metrics: Metrics,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -79,7 +80,14 @@ pub async fn run_publisher(
             run = runs.recv(), if in_flight.len() < settings.max_in_flight => match run {
                 Some(run) => {
                     metrics.publish_queue.set(runs.len() as i64);
-                    in_flight.spawn(publish_until_done(sink.clone(), run, settings.clone(), metrics.clone(), retry_stop.clone()));
+                    in_flight.spawn(publish_until_done(
+                        sink.clone(),
+                        run,
+                        settings.clone(),
+                        progress.clone(),
+                        metrics.clone(),
+                        retry_stop.clone(),
+                    ));
                 }
                 None => break,
             },
@@ -123,6 +131,7 @@ async fn publish_until_done(
     sink: Arc<dyn JobSink>,
     run: DueRun,
     settings: PublishSettings,
+    progress: Arc<crate::catchup::Progress>,
     metrics: Metrics,
     stop: CancellationToken,
 ) -> bool {
@@ -132,6 +141,7 @@ async fn publish_until_done(
         let job = job_message(&run, Trigger::Scheduled);
         match sink.send(&job).await {
             Ok(()) => {
+                progress.published(run.placed);
                 metrics.runs_published.inc();
                 tracing::debug!(job_id = %job.job_id, schedule = %run.schedule.key, nominal = %run.nominal, "run published");
                 return true;

@@ -19,6 +19,50 @@ pub struct Settings {
     pub catalog: CatalogSettings,
     pub placement: PlacementSettings,
     pub pubsub: PubsubSettings,
+    pub state: StateSettings,
+    pub catchup: CatchupSettings,
+}
+
+/// Where the watermark and the last good catalog are kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateSettings {
+    /// PostgreSQL connection string; a secret, never logged. Empty: kept in memory only, so a
+    /// restart neither catches up nor starts from the last good catalog.
+    pub url: service_kit::Secret,
+    /// The controller's own schema (created and migrated at start-up).
+    pub schema: String,
+    /// How often the watermark is saved (and at shutdown, after the publishes drain).
+    #[serde(with = "humantime_serde")]
+    pub watermark_interval: Duration,
+}
+
+impl Default for StateSettings {
+    fn default() -> Self {
+        StateSettings {
+            url: service_kit::Secret::new(""),
+            schema: "sqo_controller".into(),
+            watermark_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a restarted controller does with the runs it missed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatchupSettings {
+    /// Missed runs older than this (by nominal time) are not replayed (counted as
+    /// `beyond_window`).
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// `all`, `latest` (the most recent of each schedule) or `skip`.
+    pub missed: crate::catchup::Missed,
+}
+
+impl Default for CatchupSettings {
+    fn default() -> Self {
+        CatchupSettings { window: Duration::from_secs(6 * 3600), missed: crate::catchup::Missed::All }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +148,10 @@ pub struct CatalogSettings {
     pub max_timeout: Duration,
     pub default_max_attempts: u32,
     pub max_sql_bytes: usize,
+    /// A sync that would remove more than this share of the schedules in force is held back
+    /// until the same answer comes `removal_confirmations` times in a row.
+    pub max_removal_share: f64,
+    pub removal_confirmations: u32,
 }
 
 impl Default for CatalogSettings {
@@ -117,6 +165,8 @@ impl Default for CatalogSettings {
             max_timeout: Duration::from_secs(3600),
             default_max_attempts: 3,
             max_sql_bytes: 256 * 1024,
+            max_removal_share: 0.5,
+            removal_confirmations: 3,
         }
     }
 }
@@ -219,6 +269,29 @@ impl Layered for Settings {
 impl Validate for Settings {
     fn problems(&self) -> Vec<String> {
         let mut p = self.log.problems();
+        let c = &self.catalog;
+        if !(c.max_removal_share > 0.0 && c.max_removal_share <= 1.0) {
+            p.push(format!("catalog.max_removal_share {} must be in (0, 1]", c.max_removal_share));
+        }
+        if c.removal_confirmations == 0 {
+            p.push("catalog.removal_confirmations must be at least 1".into());
+        }
+        let st = &self.state;
+        if !st.url.expose().is_empty() && st.url.expose().parse::<tokio_postgres::Config>().is_err() {
+            p.push("state.url is not a valid PostgreSQL connection string".into());
+        }
+        if st.schema.is_empty()
+            || st.schema.len() > 63
+            || !st.schema.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            p.push(format!("state.schema {:?} must be 1 to 63 letters, digits or underscores", st.schema));
+        }
+        if st.watermark_interval.is_zero() {
+            p.push("state.watermark_interval must be above 0".into());
+        }
+        if self.catchup.window.is_zero() {
+            p.push("catchup.window must be above 0 (use catchup.missed = \"skip\" to replay nothing)".into());
+        }
         let pl = &self.platform;
         match pl.source {
             CatalogSource::Api => {

@@ -36,7 +36,36 @@ impl Source {
     }
 }
 
+/// Why a sync did not change the schedules in force.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Read(#[from] PlatformError),
+    /// The mass-deletion guard: the answer would remove too many schedules.
+    #[error(
+        "held back: this catalog would remove {removed} of the {current} schedules in force; it is applied once \
+         the same answer has come {needed} times in a row (seen {seen})"
+    )]
+    HeldBack { removed: usize, current: usize, seen: u32, needed: u32 },
+}
+
+/// The mass-deletion guard's settings and memory.
+#[derive(Debug, Clone, Default)]
+pub struct RemovalGuard {
+    pub max_share: f64,
+    pub confirmations: u32,
+    /// The held-back answer (a fingerprint of its schedule keys) and how often it came.
+    held: Option<(u64, u32)>,
+}
+
+impl RemovalGuard {
+    pub fn new(max_share: f64, confirmations: u32) -> Self {
+        RemovalGuard { max_share, confirmations, held: None }
+    }
+}
+
 pub struct Syncer {
+    pub guard: RemovalGuard,
     pub source: Source,
     pub policy: CatalogPolicy,
     pub placement: crate::settings::PlacementSettings,
@@ -61,6 +90,7 @@ impl Syncer {
         metrics: Metrics,
     ) -> Self {
         Syncer {
+            guard: RemovalGuard::new(1.0, 1),
             source,
             policy,
             placement: crate::settings::PlacementSettings::default(),
@@ -75,20 +105,26 @@ impl Syncer {
     }
 
     /// One sync: read, validate, apply. On error the running schedules stay as they are.
-    pub async fn sync_once(&mut self) -> Result<(Diff, Catalog), PlatformError> {
-        let started = std::time::Instant::now();
+    pub async fn sync_once(&mut self) -> Result<(Diff, Catalog), SyncError> {
         let raw = match self.source.read().await {
             Ok(raw) => raw,
             Err(e) => {
                 self.metrics.catalog_syncs.get_or_create(&OutcomeLabels { outcome: "failed" }).inc();
-                return Err(e);
+                return Err(SyncError::Read(e));
             }
         };
+        self.apply(raw).await
+    }
+
+    /// Validates `raw` and applies it, unless the mass-deletion guard holds it back.
+    pub async fn apply(&mut self, raw: RawCatalog) -> Result<(Diff, Catalog), SyncError> {
+        let started = std::time::Instant::now();
         let policy = self.policy.clone();
         let catalog = tokio::task::spawn_blocking(move || catalog::validate(raw, &policy))
             .await
-            .map_err(|e| PlatformError::Token(format!("validation task failed: {e}")))?;
+            .map_err(|e| SyncError::Read(PlatformError::Token(format!("validation task failed: {e}"))))?;
         self.report_problems(&catalog);
+        self.guard_removals(&catalog)?;
         let diff = {
             let mut timer = self.timer.lock().unwrap_or_else(|p| p.into_inner());
             let diff = timer.apply(&catalog.schedules, Utc::now());
@@ -172,6 +208,52 @@ impl Syncer {
             self.timer.lock().unwrap_or_else(|p| p.into_inner()).set_placements(Utc::now(), placements);
         }
         self.timer_changed.notify_one();
+    }
+
+    /// Holds back a catalog that would remove more than the guard's share of the schedules
+    /// in force, until the same answer has come `confirmations` times in a row.
+    fn guard_removals(&mut self, catalog: &Catalog) -> Result<(), SyncError> {
+        let current = self.view.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let removed = current.keys().filter(|k| !catalog.schedules.contains_key(*k)).count();
+        let share = if current.is_empty() { 0.0 } else { removed as f64 / current.len() as f64 };
+        if share <= self.guard.max_share || self.guard.confirmations <= 1 {
+            self.guard.held = None;
+            return Ok(());
+        }
+        let fingerprint = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            catalog.schedules.len().hash(&mut h);
+            for k in catalog.schedules.keys() {
+                k.hash(&mut h);
+            }
+            h.finish()
+        };
+        let seen = match self.guard.held {
+            Some((f, n)) if f == fingerprint => n + 1,
+            _ => 1,
+        };
+        if seen >= self.guard.confirmations {
+            tracing::warn!(
+                removed,
+                current = current.len(),
+                seen,
+                "applying a large removal confirmed by repeated answers"
+            );
+            self.guard.held = None;
+            return Ok(());
+        }
+        self.guard.held = Some((fingerprint, seen));
+        self.metrics.catalog_held_back.inc();
+        let e = SyncError::HeldBack { removed, current: current.len(), seen, needed: self.guard.confirmations };
+        tracing::warn!(
+            removed,
+            current = current.len(),
+            seen,
+            needed = self.guard.confirmations,
+            "catalog sync held back: {e}"
+        );
+        Err(e)
     }
 
     /// Logs and counts each problem the first time it appears.

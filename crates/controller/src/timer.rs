@@ -370,6 +370,13 @@ impl Timer {
         chrono::Duration::from_std(placed).unwrap_or_default()
     }
 
+    /// Where the run of `schedule` at `nominal` (after `prev`) is placed, with the offsets this
+    /// timer gives it now.
+    pub fn placed_time(&self, schedule: &Schedule, prev: DateTime<Utc>, nominal: DateTime<Utc>) -> DateTime<Utc> {
+        let placement_s = self.find(&schedule.key).map_or(NOT_PLACED, |i| self.slots[i as usize].placement_s);
+        nominal + self.offset(schedule, placement_s, prev, nominal)
+    }
+
     /// The next `n` runs of `schedule` placed after `now`, as (nominal, placed) times, with
     /// the offsets this timer would give them.
     pub fn next_runs(&self, schedule: &Schedule, now: DateTime<Utc>, n: usize) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
@@ -457,6 +464,7 @@ pub async fn drive(
     timer: Arc<std::sync::Mutex<Timer>>,
     changed: Arc<tokio::sync::Notify>,
     runs: tokio::sync::mpsc::Sender<DueRun>,
+    progress: Arc<crate::catchup::Progress>,
     metrics: crate::metrics::Metrics,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
@@ -474,6 +482,7 @@ pub async fn drive(
         }
         let now = Utc::now();
         timer.lock().unwrap_or_else(|p| p.into_inner()).pop_due(now, &mut due);
+        progress.handed_over(due.iter().map(|r| r.placed), now);
         for run in due.drain(..) {
             metrics.runs_due.inc();
             let late = (now - run.placed).to_std().unwrap_or(Duration::ZERO);

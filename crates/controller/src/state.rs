@@ -1,0 +1,222 @@
+//! The controller's persistent state: the **watermark** (every run placed at or before it is
+//! confirmed published) and the **last good catalog** (in the catalog file's form). In
+//! PostgreSQL (`state.url`, schema `state.schema`) in production; in memory — nothing survives
+//! a restart — when no database is configured (development, standalone).
+//!
+//! Migrations run at start-up in a transaction under an advisory lock; a schema newer than
+//! this build is refused.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use service_kit::Secret;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio_postgres::NoTls;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StateError {
+    /// The schema is newer than this build: refuse to start.
+    #[error("{0}")]
+    Newer(String),
+    #[error("controller state: {0}")]
+    Db(String),
+}
+
+/// A saved catalog: its catalog-file JSON and when it was saved.
+#[derive(Debug, Clone)]
+pub struct SavedCatalog {
+    pub json: Vec<u8>,
+    pub saved_at: DateTime<Utc>,
+    pub schedules: i64,
+}
+
+#[async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    /// Prepares the store (migrations); returns a description for the log.
+    async fn open(&self) -> Result<String, StateError>;
+    async fn watermark(&self) -> Result<Option<DateTime<Utc>>, StateError>;
+    async fn save_watermark(&self, at: DateTime<Utc>) -> Result<(), StateError>;
+    async fn catalog(&self) -> Result<Option<SavedCatalog>, StateError>;
+    async fn save_catalog(&self, json: &[u8], schedules: usize) -> Result<(), StateError>;
+}
+
+/// Nothing persisted: a restart starts from now and from the platform.
+#[derive(Default)]
+pub struct MemoryState {
+    watermark: Mutex<Option<DateTime<Utc>>>,
+    catalog: Mutex<Option<SavedCatalog>>,
+}
+
+#[async_trait]
+impl StateStore for MemoryState {
+    async fn open(&self) -> Result<String, StateError> {
+        Ok("in memory (state.url is not set): no catch-up or last good catalog across restarts".into())
+    }
+    async fn watermark(&self) -> Result<Option<DateTime<Utc>>, StateError> {
+        Ok(*self.watermark.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+    async fn save_watermark(&self, at: DateTime<Utc>) -> Result<(), StateError> {
+        *self.watermark.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+        Ok(())
+    }
+    async fn catalog(&self) -> Result<Option<SavedCatalog>, StateError> {
+        Ok(self.catalog.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+    async fn save_catalog(&self, json: &[u8], schedules: usize) -> Result<(), StateError> {
+        *self.catalog.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(SavedCatalog { json: json.to_vec(), saved_at: Utc::now(), schedules: schedules as i64 });
+        Ok(())
+    }
+}
+
+/// The migrations, in order. `{schema}` is the quoted schema.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: watermark and last good catalog, one row each.
+    "CREATE TABLE {schema}.watermark (
+        id integer PRIMARY KEY CHECK (id = 1),
+        at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE {schema}.last_good_catalog (
+        id integer PRIMARY KEY CHECK (id = 1),
+        body bytea NOT NULL,
+        schedules bigint NOT NULL,
+        saved_at timestamptz NOT NULL DEFAULT now()
+    );",
+];
+
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+pub struct PostgresState {
+    pool: Pool,
+    schema: String,
+}
+
+fn db(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StateError {
+    move |e| StateError::Db(format!("{what}: {e}"))
+}
+
+impl PostgresState {
+    pub fn new(url: &Secret, schema: &str) -> Result<Self, StateError> {
+        let config = tokio_postgres::Config::from_str(url.expose())
+            .map_err(|e| StateError::Db(format!("invalid PostgreSQL connection string: {e}")))?;
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(2)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .create_timeout(Some(Duration::from_secs(10)))
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .build()
+            .map_err(|e| StateError::Db(format!("cannot build the pool: {e}")))?;
+        Ok(PostgresState { pool, schema: format!("\"{}\"", schema.replace('"', "\"\"")) })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StateError> {
+        self.pool.get().await.map_err(|e| StateError::Db(format!("cannot get a connection: {e}")))
+    }
+}
+
+#[async_trait]
+impl StateStore for PostgresState {
+    async fn open(&self) -> Result<String, StateError> {
+        let s = &self.schema;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db("begin"))?;
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext('sqo-controller-migrations'))", &[])
+            .await
+            .map_err(db("lock the migrations"))?;
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {s};
+             CREATE TABLE IF NOT EXISTS {s}.schema_version (version integer NOT NULL);"
+        ))
+        .await
+        .map_err(db("create the state schema"))?;
+        let before: i32 = match tx
+            .query_opt(&format!("SELECT version FROM {s}.schema_version"), &[])
+            .await
+            .map_err(db("read the schema version"))?
+        {
+            Some(row) => row.get(0),
+            None => {
+                tx.execute(&format!("INSERT INTO {s}.schema_version VALUES (0)"), &[])
+                    .await
+                    .map_err(db("initialise the schema version"))?;
+                0
+            }
+        };
+        if before > SCHEMA_VERSION {
+            return Err(StateError::Newer(format!(
+                "the controller state schema {s} is at version {before}, newer than this controller knows \
+                 ({SCHEMA_VERSION}); run a newer controller"
+            )));
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(before as usize) {
+            tx.batch_execute(&m.replace("{schema}", s))
+                .await
+                .map_err(|e| StateError::Db(format!("migration {}: {e}", i + 1)))?;
+        }
+        tx.execute(&format!("UPDATE {s}.schema_version SET version = $1"), &[&SCHEMA_VERSION])
+            .await
+            .map_err(db("record the schema version"))?;
+        tx.commit().await.map_err(db("commit the migrations"))?;
+        Ok(format!("PostgreSQL schema {s} at version {SCHEMA_VERSION} (was {before})"))
+    }
+
+    async fn watermark(&self) -> Result<Option<DateTime<Utc>>, StateError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(&format!("SELECT at FROM {}.watermark WHERE id = 1", self.schema), &[])
+            .await
+            .map_err(db("read the watermark"))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn save_watermark(&self, at: DateTime<Utc>) -> Result<(), StateError> {
+        // Never backwards: a slower writer cannot undo a newer watermark.
+        self.client()
+            .await?
+            .execute(
+                &format!(
+                    "INSERT INTO {s}.watermark (id, at) VALUES (1, $1)
+                     ON CONFLICT (id) DO UPDATE SET at = GREATEST({s}.watermark.at, $1), updated_at = now()",
+                    s = self.schema
+                ),
+                &[&at],
+            )
+            .await
+            .map_err(db("save the watermark"))?;
+        Ok(())
+    }
+
+    async fn catalog(&self) -> Result<Option<SavedCatalog>, StateError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &format!("SELECT body, saved_at, schedules FROM {}.last_good_catalog WHERE id = 1", self.schema),
+                &[],
+            )
+            .await
+            .map_err(db("read the last good catalog"))?;
+        Ok(row.map(|r| SavedCatalog { json: r.get(0), saved_at: r.get(1), schedules: r.get(2) }))
+    }
+
+    async fn save_catalog(&self, json: &[u8], schedules: usize) -> Result<(), StateError> {
+        self.client()
+            .await?
+            .execute(
+                &format!(
+                    "INSERT INTO {}.last_good_catalog (id, body, schedules) VALUES (1, $1, $2)
+                     ON CONFLICT (id) DO UPDATE SET body = $1, schedules = $2, saved_at = now()",
+                    self.schema
+                ),
+                &[&json, &(schedules as i64)],
+            )
+            .await
+            .map_err(db("save the last good catalog"))?;
+        Ok(())
+    }
+}

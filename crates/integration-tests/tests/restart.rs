@@ -1,0 +1,186 @@
+//! The controller across restarts, on the Pub/Sub emulator and a real PostgreSQL: the runs it
+//! missed while down are published once it is back (the watermark and the catch-up), it
+//! starts from the last good catalog when the platform does not answer, and a catalog that
+//! would remove most schedules is held back until it is confirmed.
+
+use integration_tests::{TestDb, app_env, emulator, eventually, get, metric, read_until, tap, unique};
+use jobs_core::JobMessage;
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+struct Controller {
+    admin: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Controller {
+    async fn start(settings: controller::Settings) -> Controller {
+        let app = controller::Application::build(settings, &app_env()).await.expect("builds");
+        let admin = app.admin_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        Controller { admin, shutdown, task }
+    }
+
+    async fn ready(&self) -> String {
+        eventually(Duration::from_secs(30), || async {
+            let (status, body) = get(self.admin, "/readyz").await;
+            (status == 200).then_some(body)
+        })
+        .await
+        .expect("controller ready")
+    }
+
+    async fn metrics(&self) -> String {
+        get(self.admin, "/metrics").await.1
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("join").expect("stops cleanly");
+    }
+}
+
+fn write_catalog(file: &Path, queries: &[(&str, &str)]) {
+    let qs: Vec<_> = queries
+        .iter()
+        .map(|(id, cron)| {
+            json!({"id": id, "schedule": cron, "engine": "warehouse", "sql": "SELECT 1 AS one", "destination": "out"})
+        })
+        .collect();
+    let doc = json!({"tenants": [{"id": "acme", "status": "active", "apps": [{"id": "shop", "queries": qs}]}]});
+    std::fs::write(file, serde_json::to_vec(&doc).expect("json")).expect("write catalog");
+}
+
+fn settings(project: &str, jobs: &str, file: &Path, db: &TestDb) -> controller::Settings {
+    let mut s = controller::Settings::default();
+    s.admin.listen = "127.0.0.1:0".parse().expect("addr");
+    s.platform.source = controller::settings::CatalogSource::File;
+    s.platform.catalog_file = Some(file.to_owned());
+    s.catalog.sync_interval = Duration::from_secs(1);
+    s.pubsub.project = project.into();
+    s.pubsub.jobs_topic = jobs.into();
+    s.pubsub.create_topics = true;
+    s.state.url = service_kit::Secret::new(db.url.clone());
+    s.state.watermark_interval = Duration::from_millis(500);
+    s
+}
+
+fn catalog_file() -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("catalog"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir.join("catalog.json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_controller_publishes_every_run_it_missed_while_down() {
+    integration_tests::init_logs();
+    let (project, jobs) = (unique("proj"), unique("jobs"));
+    let bus = emulator(&project);
+    let jobs_tap = tap(&bus, &jobs).await;
+    let db = TestDb::create().await;
+    let file = catalog_file();
+    write_catalog(&file, &[("every-2s", "*/2 * * * * *"), ("every-3s", "*/3 * * * * *")]);
+
+    let first = Controller::start(settings(&project, &jobs, &file, &db)).await;
+    first.ready().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    first.stop().await;
+    // Down for 7 seconds: three or four runs of each schedule fall due meanwhile.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let second = Controller::start(settings(&project, &jobs, &file, &db)).await;
+    second.ready().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let replayed = metric(&second.metrics().await, "controller_missed_runs_total{outcome=\"replayed\"}").unwrap_or(0.0);
+    second.stop().await;
+
+    let published = read_until(&bus, &jobs_tap, Duration::from_secs(10), |_| false).await;
+    let mut nominal: BTreeMap<String, BTreeSet<chrono::DateTime<chrono::Utc>>> = BTreeMap::new();
+    for m in &published {
+        let job = JobMessage::decode(&m.data).expect("a job message");
+        nominal.entry(job.query_id).or_default().insert(job.nominal_time);
+    }
+    for (query, step) in [("every-2s", 2), ("every-3s", 3)] {
+        let times: Vec<_> = nominal.get(query).map(|t| t.iter().copied().collect()).unwrap_or_default();
+        // From before the stop to after the restart, 7 s of downtime in between...
+        let span = times.last().zip(times.first()).map_or(0, |(l, f)| (*l - *f).num_seconds());
+        assert!(span >= 12, "{query}: {times:?}");
+        // ...and not one run missing.
+        for pair in times.windows(2) {
+            assert_eq!((pair[1] - pair[0]).num_seconds(), step, "{query}: a run is missing between {pair:?}");
+        }
+    }
+    assert!(replayed >= 5.0, "the catch-up replayed the runs missed while down: {replayed}");
+    let saved: chrono::DateTime<chrono::Utc> =
+        db.client.query_one("SELECT at FROM sqo_controller.watermark", &[]).await.expect("a saved watermark").get(0);
+    assert!(chrono::Utc::now() - saved < chrono::Duration::seconds(15), "saved at shutdown: {saved}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_the_platform_the_controller_starts_from_the_last_good_catalog() {
+    integration_tests::init_logs();
+    let (project, jobs) = (unique("proj"), unique("jobs"));
+    let bus = emulator(&project);
+    let jobs_tap = tap(&bus, &jobs).await;
+    let db = TestDb::create().await;
+    let file = catalog_file();
+    write_catalog(&file, &[("every-second", "* * * * * *")]);
+    let first = Controller::start(settings(&project, &jobs, &file, &db)).await;
+    first.ready().await;
+    first.stop().await;
+    read_until(&bus, &jobs_tap, Duration::from_secs(2), |_| false).await;
+
+    // The platform does not answer (nothing listens on its port).
+    let mut s = settings(&project, &jobs, &file, &db);
+    s.platform.source = controller::settings::CatalogSource::Api;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    s.platform.base_url = format!("http://{closed}");
+    s.platform.max_attempts = 1;
+    s.platform.request_timeout = Duration::from_secs(1);
+    let second = Controller::start(s).await;
+    let ready = second.ready().await;
+    assert!(ready.contains("last good catalog"), "/readyz says so: {ready}");
+    let published = read_until(&bus, &jobs_tap, Duration::from_secs(15), |got| got.len() >= 3).await;
+    assert!(published.len() >= 3, "the saved schedule runs: {}", published.len());
+    let (status, body) = get(second.admin, "/v1/tenants/acme/schedules").await;
+    assert_eq!(status, 200, "{body}");
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_catalog_that_removes_most_schedules_is_held_back_until_confirmed() {
+    integration_tests::init_logs();
+    let (project, jobs) = (unique("proj"), unique("jobs"));
+    let db = TestDb::create().await;
+    let file = catalog_file();
+    let ten: Vec<(String, &str)> = (0..10).map(|i| (format!("q{i}"), "0 0 1 1 *")).collect();
+    let refs: Vec<(&str, &str)> = ten.iter().map(|(q, c)| (q.as_str(), *c)).collect();
+    write_catalog(&file, &refs);
+    let c = Controller::start(settings(&project, &jobs, &file, &db)).await;
+    c.ready().await;
+    let count = |body: String| {
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["schedules"].as_array().map_or(0, Vec::len)
+    };
+    assert_eq!(count(get(c.admin, "/v1/tenants/acme/schedules").await.1), 10);
+    // The platform suddenly answers with 2 of the 10: held back twice, applied the third time.
+    write_catalog(&file, &refs[..2]);
+    let held = eventually(Duration::from_secs(10), || async {
+        let m = c.metrics().await;
+        metric(&m, "controller_catalog_held_back_total").filter(|n| *n >= 1.0)
+    })
+    .await
+    .expect("held back");
+    assert!(held >= 1.0);
+    assert_eq!(count(get(c.admin, "/v1/tenants/acme/schedules").await.1), 10, "still in force while held back");
+    eventually(Duration::from_secs(15), || async {
+        (count(get(c.admin, "/v1/tenants/acme/schedules").await.1) == 2).then_some(())
+    })
+    .await
+    .expect("applied once confirmed");
+    assert_eq!(metric(&c.metrics().await, "controller_catalog_held_back_total"), Some(2.0));
+    c.stop().await;
+}
