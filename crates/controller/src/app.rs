@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 const CHECK_CATALOG: &str = "catalog";
 const CHECK_PUBSUB: &str = "pubsub";
 const CHECK_STATE: &str = "state";
+const CHECK_LEADER: &str = "leader";
 
 pub struct Application {
     settings: Settings,
@@ -74,6 +75,7 @@ impl Application {
         readiness.register(CHECK_CATALOG, "first catalog not loaded yet");
         readiness.register(CHECK_PUBSUB, "Pub/Sub not checked yet");
         readiness.register(CHECK_STATE, "controller state not opened yet");
+        readiness.register(CHECK_LEADER, "leadership not sought yet");
         let admin = AdminServer::bind(settings.admin.listen).await?;
         let connection = pubsub_bus::Connection::from_env(settings.pubsub.project.clone(), env);
         Ok(Application {
@@ -157,17 +159,33 @@ impl Application {
                 }
             }
         };
+        // One replica leads (publishes); the others wait for its lease. The watermark is
+        // read once leading, after the previous leader's last save.
+        let identity = controller_identity();
+        let lease = settings.state.leader_lease;
         let watermark = match open_state(&*store, &readiness, &shutdown).await {
-            Ok(Some(watermark)) => watermark,
-            Ok(None) => {
+            Ok(true) => match lead(&*store, &identity, lease, &readiness, &shutdown).await {
+                Ok(true) => store.watermark().await.map_err(anyhow::Error::from),
+                Ok(false) => {
+                    admin.stop().await;
+                    return Ok(());
+                }
+                Err(e) => Err(e),
+            },
+            Ok(false) => {
                 admin.stop().await;
                 return Ok(());
             }
+            Err(e) => Err(e),
+        };
+        let watermark = match watermark {
+            Ok(w) => w,
             Err(e) => {
                 admin.stop().await;
                 return Err(e);
             }
         };
+        tracing::info!(identity = %identity, watermark = ?watermark, "leading: scheduling and publishing");
         let progress = Arc::new(Progress::new(watermark));
         let work = shutdown.child_token();
         let mut tasks = Supervisor::new(work.clone());
@@ -238,15 +256,31 @@ impl Application {
             done.cancel();
             result
         });
+        let watermark_saved = CancellationToken::new();
         tasks.spawn(
             "watermark",
             keep_watermark(
-                store,
+                store.clone(),
                 progress,
                 settings.state.watermark_interval,
-                settings.pubsub.drain_timeout + Duration::from_secs(5),
-                publisher_done,
+                ShutdownOrder {
+                    drain: settings.pubsub.drain_timeout + Duration::from_secs(5),
+                    publisher_done,
+                    watermark_saved: watermark_saved.clone(),
+                },
                 metrics.clone(),
+                work.clone(),
+            ),
+        );
+        tasks.spawn(
+            "leadership",
+            keep_leading(
+                store,
+                identity,
+                lease,
+                settings.pubsub.drain_timeout + Duration::from_secs(10),
+                watermark_saved,
+                readiness.clone(),
                 work.clone(),
             ),
         );
@@ -279,21 +313,13 @@ async fn check_pubsub(
 /// Opens the state store (migrations), retrying while its database does not answer; a
 /// schema newer than this build stops the controller. `Ok(None)`: stopped while waiting;
 /// `Ok(Some(watermark))` otherwise.
-async fn open_state(
-    store: &dyn StateStore,
-    readiness: &Readiness,
-    stop: &CancellationToken,
-) -> anyhow::Result<Option<Option<chrono::DateTime<chrono::Utc>>>> {
+async fn open_state(store: &dyn StateStore, readiness: &Readiness, stop: &CancellationToken) -> anyhow::Result<bool> {
     loop {
-        let opened = match store.open().await {
-            Ok(what) => store.watermark().await.map(|w| (what, w)),
-            Err(e) => Err(e),
-        };
-        match opened {
-            Ok((what, watermark)) => {
-                tracing::info!(state = %what, watermark = ?watermark, "controller state opened");
+        match store.open().await {
+            Ok(what) => {
+                tracing::info!(state = %what, "controller state opened");
                 readiness.set(CHECK_STATE, true, what);
-                return Ok(Some(watermark));
+                return Ok(true);
             }
             Err(StateError::Newer(reason)) => {
                 tracing::error!(reason = %reason, "refusing to start");
@@ -305,10 +331,104 @@ async fn open_state(
             }
         }
         tokio::select! {
-            _ = stop.cancelled() => return Ok(None),
+            _ = stop.cancelled() => return Ok(false),
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
+}
+
+/// This replica's identity in the leader's lease: host (pod) name, process id, a random
+/// suffix — a restarted process never mistakes its predecessor's lease for its own.
+fn controller_identity() -> String {
+    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "controller".into());
+    format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+/// Waits until this replica holds the leader's lease (`Ok(false)`: stopped while waiting).
+/// A standby is ready — it is where it should be — and `/readyz` names the leader.
+async fn lead(
+    store: &dyn StateStore,
+    identity: &str,
+    lease: Duration,
+    readiness: &Readiness,
+    stop: &CancellationToken,
+) -> anyhow::Result<bool> {
+    let mut announced = None;
+    loop {
+        match store.lead(identity, lease).await {
+            Ok(crate::state::Leadership::Leader { until }) => {
+                readiness.set(CHECK_LEADER, true, format!("leader ({identity}) until {until}"));
+                if announced.is_some() {
+                    readiness.set(CHECK_CATALOG, false, "first catalog not loaded yet");
+                    readiness.set(CHECK_PUBSUB, false, "Pub/Sub not checked yet");
+                }
+                return Ok(true);
+            }
+            Ok(crate::state::Leadership::Standby { holder, until }) => {
+                if announced.as_ref() != Some(&holder) {
+                    tracing::info!(leader = %holder, until = %until, "standby: another replica leads");
+                    announced = Some(holder.clone());
+                }
+                // A standby is where it should be: ready, and it says who leads.
+                readiness.set(CHECK_LEADER, true, format!("standby: {holder} leads until {until}"));
+                readiness.set(CHECK_CATALOG, true, "standby: the leader syncs the catalog");
+                readiness.set(CHECK_PUBSUB, true, "standby: the leader publishes");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the leader's lease");
+                readiness.set(CHECK_LEADER, false, e.to_string());
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(false),
+            _ = tokio::time::sleep((lease / 5).max(Duration::from_millis(500))) => {}
+        }
+    }
+}
+
+/// Renews the lease every third of it. Losing it — another replica took it, or it could not
+/// be renewed for two thirds of its length — stops this controller (an error: the process
+/// exits and comes back as a standby) before the lease can expire under it. At shutdown,
+/// once the watermark is saved, it gives the lease up so that a standby takes over at once.
+async fn keep_leading(
+    store: Arc<dyn StateStore>,
+    identity: String,
+    lease: Duration,
+    drain: Duration,
+    watermark_saved: CancellationToken,
+    readiness: Arc<Readiness>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(lease / 3) => {}
+        }
+        match store.lead(&identity, lease).await {
+            Ok(crate::state::Leadership::Leader { until }) => {
+                renewed = tokio::time::Instant::now();
+                readiness.set(CHECK_LEADER, true, format!("leader ({identity}) until {until}"));
+            }
+            Ok(crate::state::Leadership::Standby { holder, .. }) => {
+                tracing::error!(leader = %holder, "lost the leader's lease; stopping");
+                anyhow::bail!("lost the leader's lease to {holder}");
+            }
+            Err(e) if renewed.elapsed() > lease * 2 / 3 => {
+                tracing::error!(error = %e, "cannot renew the leader's lease; stepping down before it expires");
+                anyhow::bail!("cannot renew the leader's lease: {e}");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot renew the leader's lease, retrying"),
+        }
+    }
+    if tokio::time::timeout(drain, watermark_saved.cancelled()).await.is_err() {
+        tracing::warn!("the watermark was not saved in time; giving the lease up anyway");
+    }
+    match store.resign(&identity).await {
+        Ok(()) => tracing::info!("leader's lease given up"),
+        Err(e) => tracing::warn!(error = %e, "cannot give the lease up; a standby takes over when it expires"),
+    }
+    Ok(())
 }
 
 /// What the first sync needs besides the syncer: the saved watermark and catalog, and where
@@ -500,15 +620,24 @@ async fn run_sync(
 
 /// Saves the watermark every `interval` when it moved; at shutdown, waits (at most `drain`)
 /// for the publisher to drain and saves it a last time.
+/// The shutdown order between the publisher, the watermark and the leader's lease: the
+/// watermark is saved after the publisher drains, the lease given up after that.
+struct ShutdownOrder {
+    /// How long to wait for the step before.
+    drain: Duration,
+    publisher_done: CancellationToken,
+    watermark_saved: CancellationToken,
+}
+
 async fn keep_watermark(
     store: Arc<dyn StateStore>,
     progress: Arc<Progress>,
     interval: Duration,
-    drain: Duration,
-    publisher_done: CancellationToken,
+    order: ShutdownOrder,
     metrics: Metrics,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    let ShutdownOrder { drain, publisher_done, watermark_saved } = order;
     let mut saved: Option<chrono::DateTime<chrono::Utc>> = None;
     let save = |saved: &mut Option<chrono::DateTime<chrono::Utc>>| {
         let w = progress.watermark();
@@ -544,6 +673,7 @@ async fn keep_watermark(
         saved = Some(w);
     }
     tracing::info!(watermark = ?saved, in_flight = progress.in_flight(), "watermark saved at shutdown");
+    watermark_saved.cancel();
     Ok(())
 }
 

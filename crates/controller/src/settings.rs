@@ -35,6 +35,10 @@ pub struct StateSettings {
     /// How often the watermark is saved (and at shutdown, after the publishes drain).
     #[serde(with = "humantime_serde")]
     pub watermark_interval: Duration,
+    /// The leader's lease: one replica publishes; a standby takes over at most this long
+    /// after the leader dies (at once when it shuts down cleanly). Needs `state.url`.
+    #[serde(with = "humantime_serde")]
+    pub leader_lease: Duration,
 }
 
 impl Default for StateSettings {
@@ -43,6 +47,7 @@ impl Default for StateSettings {
             url: service_kit::Secret::new(""),
             schema: "sqo_controller".into(),
             watermark_interval: Duration::from_secs(5),
+            leader_lease: Duration::from_secs(15),
         }
     }
 }
@@ -285,6 +290,9 @@ impl Validate for Settings {
             || !st.schema.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         {
             p.push(format!("state.schema {:?} must be 1 to 63 letters, digits or underscores", st.schema));
+        }
+        if st.leader_lease < Duration::from_secs(3) {
+            p.push(format!("state.leader_lease ({}) must be at least 3s", humantime::format_duration(st.leader_lease)));
         }
         if st.watermark_interval.is_zero() {
             p.push("state.watermark_interval must be above 0".into());

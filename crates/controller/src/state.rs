@@ -32,8 +32,22 @@ pub struct SavedCatalog {
     pub schedules: i64,
 }
 
+/// Who leads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Leadership {
+    /// This replica holds the lease until then.
+    Leader { until: DateTime<Utc> },
+    /// Another replica does.
+    Standby { holder: String, until: DateTime<Utc> },
+}
+
 #[async_trait]
 pub trait StateStore: Send + Sync + 'static {
+    /// Takes or renews the leader's lease for `holder` when it is free, expired or already
+    /// `holder`'s.
+    async fn lead(&self, holder: &str, ttl: Duration) -> Result<Leadership, StateError>;
+    /// Gives the lease up (at shutdown), so a standby takes over at once.
+    async fn resign(&self, holder: &str) -> Result<(), StateError>;
     /// Prepares the store (migrations); returns a description for the log.
     async fn open(&self) -> Result<String, StateError>;
     async fn watermark(&self) -> Result<Option<DateTime<Utc>>, StateError>;
@@ -51,6 +65,12 @@ pub struct MemoryState {
 
 #[async_trait]
 impl StateStore for MemoryState {
+    async fn lead(&self, _holder: &str, ttl: Duration) -> Result<Leadership, StateError> {
+        Ok(Leadership::Leader { until: Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default() })
+    }
+    async fn resign(&self, _holder: &str) -> Result<(), StateError> {
+        Ok(())
+    }
     async fn open(&self) -> Result<String, StateError> {
         Ok("in memory (state.url is not set): no catch-up or last good catalog across restarts".into())
     }
@@ -84,6 +104,13 @@ pub const MIGRATIONS: &[&str] = &[
         body bytea NOT NULL,
         schedules bigint NOT NULL,
         saved_at timestamptz NOT NULL DEFAULT now()
+    );",
+    // 2: the leader's lease (one row).
+    "CREATE TABLE {schema}.leader (
+        id integer PRIMARY KEY CHECK (id = 1),
+        holder text NOT NULL,
+        expires_at timestamptz NOT NULL,
+        acquired_at timestamptz NOT NULL DEFAULT now()
     );",
 ];
 
@@ -120,6 +147,47 @@ impl PostgresState {
 
 #[async_trait]
 impl StateStore for PostgresState {
+    async fn lead(&self, holder: &str, ttl: Duration) -> Result<Leadership, StateError> {
+        let s = &self.schema;
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "INSERT INTO {s}.leader AS l (id, holder, expires_at) VALUES (1, $1, now() + make_interval(secs => $2))
+                     ON CONFLICT (id) DO UPDATE SET
+                         holder = $1,
+                         expires_at = now() + make_interval(secs => $2),
+                         acquired_at = CASE WHEN l.holder = $1 THEN l.acquired_at ELSE now() END
+                     WHERE l.holder = $1 OR l.expires_at < now()
+                     RETURNING holder, expires_at"
+                ),
+                &[&holder, &ttl.as_secs_f64()],
+            )
+            .await
+            .map_err(db("take the leader's lease"))?;
+        if let Some(row) = row {
+            return Ok(Leadership::Leader { until: row.get(1) });
+        }
+        // The conditional update matched nothing: another replica holds a live lease.
+        let row = client
+            .query_one(&format!("SELECT holder, expires_at FROM {s}.leader WHERE id = 1"), &[])
+            .await
+            .map_err(db("read the leader"))?;
+        Ok(Leadership::Standby { holder: row.get(0), until: row.get(1) })
+    }
+
+    async fn resign(&self, holder: &str) -> Result<(), StateError> {
+        self.client()
+            .await?
+            .execute(
+                &format!("UPDATE {}.leader SET expires_at = now() WHERE id = 1 AND holder = $1", self.schema),
+                &[&holder],
+            )
+            .await
+            .map_err(db("give the lease up"))?;
+        Ok(())
+    }
+
     async fn open(&self) -> Result<String, StateError> {
         let s = &self.schema;
         let mut client = self.client().await?;

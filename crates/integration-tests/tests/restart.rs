@@ -125,14 +125,16 @@ async fn without_the_platform_the_controller_starts_from_the_last_good_catalog()
     integration_tests::init_logs();
     let (project, jobs) = (unique("proj"), unique("jobs"));
     let bus = emulator(&project);
-    let jobs_tap = tap(&bus, &jobs).await;
     let db = TestDb::create().await;
     let file = catalog_file();
     write_catalog(&file, &[("every-second", "* * * * * *")]);
     let first = Controller::start(settings(&project, &jobs, &file, &db)).await;
     first.ready().await;
     first.stop().await;
-    read_until(&bus, &jobs_tap, Duration::from_secs(2), |_| false).await;
+    // A tap made now sees only what the second controller publishes. (Not a second reader
+    // on an older tap: the emulator keeps pushing to a cancelled stream for a while.)
+    let jobs_tap = format!("{jobs}-after");
+    bus.ensure_subscription(&pubsub_bus::SubscriptionSpec::plain(&jobs_tap, &jobs)).await.expect("tap");
 
     // The platform does not answer (nothing listens on its port).
     let mut s = settings(&project, &jobs, &file, &db);
@@ -145,7 +147,15 @@ async fn without_the_platform_the_controller_starts_from_the_last_good_catalog()
     let ready = second.ready().await;
     assert!(ready.contains("last good catalog"), "/readyz says so: {ready}");
     let published = read_until(&bus, &jobs_tap, Duration::from_secs(15), |got| got.len() >= 3).await;
-    assert!(published.len() >= 3, "the saved schedule runs: {}", published.len());
+    let m = second.metrics().await;
+    assert!(
+        published.len() >= 3,
+        "the saved schedule runs: {} read; due {:?}, published {:?}; {}",
+        published.len(),
+        metric(&m, "controller_runs_due_total"),
+        metric(&m, "controller_runs_published_total"),
+        get(second.admin, "/readyz").await.1
+    );
     let (status, body) = get(second.admin, "/v1/tenants/acme/schedules").await;
     assert_eq!(status, 200, "{body}");
     second.stop().await;
@@ -183,4 +193,55 @@ async fn a_catalog_that_removes_most_schedules_is_held_back_until_confirmed() {
     .expect("applied once confirmed");
     assert_eq!(metric(&c.metrics().await, "controller_catalog_held_back_total"), Some(2.0));
     c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_takes_over_when_the_leader_stops_and_no_run_is_lost() {
+    integration_tests::init_logs();
+    let (project, jobs) = (unique("proj"), unique("jobs"));
+    let bus = emulator(&project);
+    let jobs_tap = tap(&bus, &jobs).await;
+    let db = TestDb::create().await;
+    let file = catalog_file();
+    write_catalog(&file, &[("every-second", "* * * * * *")]);
+    let ha = || {
+        let mut s = settings(&project, &jobs, &file, &db);
+        s.state.leader_lease = Duration::from_secs(3);
+        s
+    };
+    let leader = Controller::start(ha()).await;
+    assert!(leader.ready().await.contains("leader ("));
+    let standby = Controller::start(ha()).await;
+    let ready = standby.ready().await;
+    assert!(ready.contains("standby:"), "{ready}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let published = |m: &str| metric(m, "controller_runs_published_total").unwrap_or(0.0);
+    assert_eq!(published(&standby.metrics().await), 0.0, "only the leader publishes");
+    assert!(published(&leader.metrics().await) >= 2.0);
+
+    let stopped_at = chrono::Utc::now();
+    leader.stop().await;
+    let stopped = std::time::Instant::now();
+    eventually(Duration::from_secs(10), || async {
+        get(standby.admin, "/readyz").await.1.contains("leader (").then_some(())
+    })
+    .await
+    .expect("the standby takes over");
+    let handover = stopped.elapsed();
+    assert!(handover < Duration::from_secs(4), "a clean stop hands over at once: {handover:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(published(&standby.metrics().await) >= 2.0, "the new leader publishes");
+    standby.stop().await;
+
+    let runs = read_until(&bus, &jobs_tap, Duration::from_secs(5), |_| false).await;
+    let times: BTreeSet<_> =
+        runs.iter().map(|m| JobMessage::decode(&m.data).expect("a job message").nominal_time).collect();
+    let times: Vec<_> = times.into_iter().collect();
+    // From before the hand-over to after it, every second once.
+    let (first, last) = (times.first().copied(), times.last().copied());
+    assert!(first.is_some_and(|f| f < stopped_at - chrono::Duration::seconds(2)), "{times:?}");
+    assert!(last.is_some_and(|l| l > stopped_at + chrono::Duration::seconds(1)), "{times:?} (stopped at {stopped_at})");
+    for pair in times.windows(2) {
+        assert_eq!((pair[1] - pair[0]).num_seconds(), 1, "a run is missing between {pair:?}");
+    }
 }
