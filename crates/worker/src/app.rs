@@ -123,7 +123,7 @@ impl Application {
                 .ensure_subscription(&SubscriptionSpec {
                     name: ps.jobs_subscription.clone(),
                     topic: ps.jobs_topic.clone(),
-                    ack_deadline_secs: 60,
+                    ack_deadline_secs: ps.ack_deadline.as_secs() as i32,
                     min_backoff: ps.min_backoff,
                     max_backoff: ps.max_backoff,
                     dead_letter: Some(DeadLetterSpec {

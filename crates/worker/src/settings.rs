@@ -56,6 +56,11 @@ pub struct PubsubSettings {
     pub max_backoff: Duration,
     /// Pub/Sub's own dead-letter bound (5..=100), a backstop behind each job's `max_attempts`.
     pub max_delivery_attempts: i32,
+    /// Ack deadline of the subscription this worker creates (10 s to 600 s): how soon a
+    /// message held by a worker that died is delivered again. The client extends it while a
+    /// run goes on (up to `runner.max_lease`).
+    #[serde(with = "humantime_serde")]
+    pub ack_deadline: Duration,
 }
 
 impl Default for PubsubSettings {
@@ -71,6 +76,7 @@ impl Default for PubsubSettings {
             min_backoff: Duration::from_secs(10),
             max_backoff: Duration::from_secs(600),
             max_delivery_attempts: 20,
+            ack_deadline: Duration::from_secs(60),
         }
     }
 }
@@ -182,6 +188,12 @@ impl Validate for Settings {
         check_name("pubsub.dead_letter_topic", &ps.dead_letter_topic, &mut p);
         if ps.min_backoff > ps.max_backoff || ps.max_backoff > Duration::from_secs(600) {
             p.push("pubsub.min_backoff must not exceed pubsub.max_backoff, which is at most 600s".into());
+        }
+        if !(Duration::from_secs(10)..=Duration::from_secs(600)).contains(&ps.ack_deadline) {
+            p.push(format!(
+                "pubsub.ack_deadline {} must be between 10s and 600s",
+                humantime::format_duration(ps.ack_deadline)
+            ));
         }
         if !(5..=100).contains(&ps.max_delivery_attempts) {
             p.push(format!("pubsub.max_delivery_attempts {} must be between 5 and 100", ps.max_delivery_attempts));
