@@ -36,23 +36,28 @@ pub struct PostgresEngine {
 impl PostgresEngine {
     /// A pool of at most `pool_size` connections; connections open on first use.
     pub fn new(url: &Secret, pool_size: usize, schema_template: &str, max_rows: usize) -> Result<Self, String> {
-        let config = tokio_postgres::Config::from_str(url.expose())
-            .map_err(|e| format!("invalid PostgreSQL connection string: {e}"))?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
-            .max_size(pool_size)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .create_timeout(Some(Duration::from_secs(10)))
-            .wait_timeout(Some(Duration::from_secs(30)))
-            .build()
-            .map_err(|e| format!("cannot build the PostgreSQL pool: {e}"))?;
-        Ok(PostgresEngine { pool, schema_template: schema_template.to_owned(), max_rows })
+        Ok(PostgresEngine { pool: pool(url, pool_size)?, schema_template: schema_template.to_owned(), max_rows })
     }
 
     /// The tenant's schema name.
     pub fn schema_for(&self, tenant_id: &str) -> String {
         self.schema_template.replace("{tenant_id}", tenant_id)
     }
+}
+
+/// A pool of at most `size` connections to `url`, opened on first use (the engine's and the
+/// run ledger's).
+pub fn pool(url: &Secret, size: usize) -> Result<Pool, String> {
+    let config = tokio_postgres::Config::from_str(url.expose())
+        .map_err(|e| format!("invalid PostgreSQL connection string: {e}"))?;
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .create_timeout(Some(Duration::from_secs(10)))
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .build()
+        .map_err(|e| format!("cannot build the PostgreSQL pool: {e}"))
 }
 
 /// `"name"` with embedded quotes doubled.

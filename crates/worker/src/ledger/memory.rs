@@ -21,6 +21,22 @@ struct Row {
     finished_at: Option<DateTime<Utc>>,
 }
 
+impl Row {
+    /// A job id the ledger has not seen.
+    fn new(job: &JobMessage) -> Self {
+        Row {
+            schedule: schedule_of(job),
+            nominal: job.nominal_time,
+            state: "running",
+            attempts: 0,
+            owner: None,
+            lease_expires_at: None,
+            rows_written: 0,
+            finished_at: None,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct MemoryLedger {
     rows: Mutex<HashMap<JobId, Row>>,
@@ -67,16 +83,7 @@ impl Ledger for MemoryLedger {
                 return Ok(Claim::PreviousRunning { previous: id.clone() });
             }
         }
-        let row = rows.entry(job.job_id.clone()).or_insert_with(|| Row {
-            schedule: schedule_of(job),
-            nominal: job.nominal_time,
-            state: "running",
-            attempts: 0,
-            owner: None,
-            lease_expires_at: None,
-            rows_written: 0,
-            finished_at: None,
-        });
+        let row = rows.entry(job.job_id.clone()).or_insert_with(|| Row::new(job));
         row.state = "running";
         row.attempts += 1;
         row.owner = Some(worker.to_owned());
@@ -98,16 +105,7 @@ impl Ledger for MemoryLedger {
 
     async fn finish(&self, job: &JobMessage, _worker: &str, outcome: &Outcome) -> Result<(), LedgerError> {
         let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
-        let row = rows.entry(job.job_id.clone()).or_insert_with(|| Row {
-            schedule: schedule_of(job),
-            nominal: job.nominal_time,
-            state: "running",
-            attempts: 0,
-            owner: None,
-            lease_expires_at: None,
-            rows_written: 0,
-            finished_at: None,
-        });
+        let row = rows.entry(job.job_id.clone()).or_insert_with(|| Row::new(job));
         row.state = outcome.state();
         row.owner = None;
         row.lease_expires_at = None;

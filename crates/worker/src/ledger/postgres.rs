@@ -12,12 +12,10 @@
 
 use super::{Claim, Ledger, LedgerError, Outcome};
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use jobs_core::{JobId, JobMessage, Overlap};
 use service_kit::Secret;
-use std::str::FromStr;
 use std::time::Duration;
-use tokio_postgres::NoTls;
 
 /// The migrations, in order; the schema's version is the number applied. `{schema}` is the
 /// ledger's schema, quoted.
@@ -60,16 +58,7 @@ fn err(what: &str) -> impl Fn(tokio_postgres::Error) -> LedgerError + '_ {
 impl PostgresLedger {
     /// Connects (lazily) with a pool of `pool_size` connections.
     pub fn new(url: &Secret, schema: &str, pool_size: usize) -> Result<Self, LedgerError> {
-        let config = tokio_postgres::Config::from_str(url.expose())
-            .map_err(|e| LedgerError(format!("invalid PostgreSQL connection string: {e}")))?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
-            .max_size(pool_size)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .create_timeout(Some(Duration::from_secs(10)))
-            .wait_timeout(Some(Duration::from_secs(30)))
-            .build()
-            .map_err(|e| LedgerError(format!("cannot build the ledger's pool: {e}")))?;
+        let pool = crate::engines::postgres::pool(url, pool_size).map_err(LedgerError)?;
         Ok(PostgresLedger { pool, schema: crate::engines::postgres::quote_ident(schema) })
     }
 
