@@ -161,7 +161,7 @@ impl Application {
         };
         // One replica leads (publishes); the others wait for its lease. The watermark is
         // read once leading, after the previous leader's last save.
-        let identity = controller_identity();
+        let identity = service_kit::process_identity("controller");
         let lease = settings.state.leader_lease;
         let watermark = match open_state(&*store, &readiness, &shutdown).await {
             Ok(true) => match lead(&*store, &identity, lease, &readiness, &shutdown).await {
@@ -335,13 +335,6 @@ async fn open_state(store: &dyn StateStore, readiness: &Readiness, stop: &Cancel
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
-}
-
-/// This replica's identity in the leader's lease: host (pod) name, process id, a random
-/// suffix — a restarted process never mistakes its predecessor's lease for its own.
-fn controller_identity() -> String {
-    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "controller".into());
-    format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
 }
 
 /// Waits until this replica holds the leader's lease (`Ok(false)`: stopped while waiting).

@@ -72,10 +72,8 @@ impl Progress {
         if !self.enabled {
             return;
         }
+        self.queued(placed);
         let mut inner = self.lock();
-        for p in placed {
-            *inner.pending.entry(p.timestamp_millis()).or_default() += 1;
-        }
         inner.looked_until = Some(inner.looked_until.map_or(now, |l| l.max(now)));
     }
 

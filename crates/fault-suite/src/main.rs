@@ -5,8 +5,9 @@
 //!
 //! Expected runs are counted from the calendar: every nominal time of every schedule between
 //! the first and the last run the scenario lets fall due. Written runs are the distinct job ids
-//! in the destination table; "written twice" counts job ids with more than one row there or
-//! more than one successful execution in the run ledger's history of result events.
+//! in the destination table; "written twice" counts job ids with more than one row there, and
+//! a separate column the job ids with more than one `succeeded` result event (executed again
+//! after a success: the effect is still once).
 //!
 //! Needs `PUBSUB_EMULATOR_HOST` and `TEST_DATABASE_URL` (`eval "$(scripts/services)"`) and
 //! the binaries (`cargo build -p controller -p worker`).

@@ -12,3 +12,11 @@ pub mod telemetry;
 pub use admin::{AdminState, Readiness};
 pub use secret::Secret;
 pub use supervisor::Supervisor;
+
+/// This process's identity in leases: the host (pod) name, the process id and a random
+/// suffix, so that a restarted process never mistakes its predecessor's leases for its own.
+pub fn process_identity(fallback_host: &str) -> String {
+    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| fallback_host.into());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{host}-{}-{nanos:08x}", std::process::id())
+}

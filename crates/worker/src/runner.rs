@@ -99,19 +99,10 @@ impl Runner {
             .observe(elapsed.as_secs_f64());
 
         let event = |status, rows_written, error: Option<&RunError>| ResultEvent {
-            schema_version: ResultEvent::SCHEMA_VERSION.to_owned(),
-            job_id: job.job_id.clone(),
-            tenant_id: job.tenant_id.clone(),
-            app_id: job.app_id.clone(),
-            query_id: job.query_id.clone(),
-            nominal_time: job.nominal_time,
-            status,
-            attempt,
             rows_written,
-            started_at,
-            finished_at,
             error_class: error.map(|e| e.class),
             error_message: error.map(|e| e.message.clone()),
+            ..result_event(&job, status, attempt, started_at, finished_at)
         };
         match result {
             Ok(output) => {
@@ -225,19 +216,8 @@ impl Runner {
         let reason = format!("skipped: the previous run {previous} of this schedule is still running (overlap: skip)");
         let now = Utc::now();
         let event = ResultEvent {
-            schema_version: ResultEvent::SCHEMA_VERSION.to_owned(),
-            job_id: job.job_id.clone(),
-            tenant_id: job.tenant_id.clone(),
-            app_id: job.app_id.clone(),
-            query_id: job.query_id.clone(),
-            nominal_time: job.nominal_time,
-            status: RunStatus::Skipped,
-            attempt: delivery,
-            rows_written: 0,
-            started_at: now,
-            finished_at: now,
-            error_class: None,
             error_message: Some(reason.clone()),
+            ..result_event(job, RunStatus::Skipped, delivery, now, now)
         };
         if let Err(e) = self.outputs.publish_result(&event).await {
             return self.output_failed(job, "result", e);
@@ -326,6 +306,31 @@ impl Runner {
     /// Engine label for metrics: configured names only, so a hostile message cannot mint series.
     fn engine_label(&self, engine: &str) -> String {
         if self.engines.contains_key(engine) { engine.to_owned() } else { "unknown".to_owned() }
+    }
+}
+
+/// The result event of `job` with no rows and no error; callers fill in the rest.
+fn result_event(
+    job: &JobMessage,
+    status: RunStatus,
+    attempt: u32,
+    started_at: chrono::DateTime<Utc>,
+    finished_at: chrono::DateTime<Utc>,
+) -> ResultEvent {
+    ResultEvent {
+        schema_version: ResultEvent::SCHEMA_VERSION.to_owned(),
+        job_id: job.job_id.clone(),
+        tenant_id: job.tenant_id.clone(),
+        app_id: job.app_id.clone(),
+        query_id: job.query_id.clone(),
+        nominal_time: job.nominal_time,
+        status,
+        attempt,
+        rows_written: 0,
+        started_at,
+        finished_at,
+        error_class: None,
+        error_message: None,
     }
 }
 

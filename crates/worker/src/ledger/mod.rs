@@ -71,9 +71,7 @@ pub trait Ledger: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), LedgerError>;
 }
 
-/// The worker's identity in leases: the pod (host) name, the process id and a random suffix,
-/// so that a restarted process never mistakes its predecessor's leases for its own.
+/// The worker's identity in leases (see [`service_kit::process_identity`]).
 pub fn worker_identity() -> String {
-    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "worker".into());
-    format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
+    service_kit::process_identity("worker")
 }
