@@ -1,6 +1,7 @@
 //! The Pub/Sub adapter both binaries use: connection settings (Google's endpoint with
 //! Application Default Credentials, or the emulator named by `PUBSUB_EMULATOR_HOST`),
-//! resource creation for development, and a publisher whose retries are bounded.
+//! resource creation for development, a publisher whose retries are bounded, and (in
+//! [`pull`]) the unary pull the worker takes its jobs with.
 //!
 //! The official `google-cloud-pubsub` crate does not read `PUBSUB_EMULATOR_HOST` itself;
 //! [`Connection::from_env`] does, the way the other Google client libraries do.
@@ -11,6 +12,8 @@ use google_cloud_pubsub::model::{DeadLetterPolicy, Message, RetryPolicy};
 use google_cloud_pubsub::retry_policy::RetryableErrors;
 use std::collections::HashMap;
 use std::time::Duration;
+
+pub mod pull;
 
 pub use google_cloud_pubsub::client::Subscriber;
 pub use google_cloud_pubsub::model::Message as PubsubMessage;

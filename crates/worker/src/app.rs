@@ -13,6 +13,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use jobs_core::ResultEvent;
 use prometheus_client::registry::Registry;
+use pubsub_bus::pull::LeaseSettings;
 use pubsub_bus::{Connection, DeadLetterSpec, SubscriptionSpec, TopicPublisher};
 use service_kit::admin::{self, AdminServer, AdminState, Readiness};
 use service_kit::supervisor::Supervisor;
@@ -137,13 +138,7 @@ impl Application {
             results: connection.publisher(&ps.results_topic, ps.publish_timeout).await?,
             dead_letters: connection.publisher(&ps.dead_letter_topic, ps.publish_timeout).await?,
         });
-        let subscriber = connection.subscriber().await.context("cannot open the subscriber")?;
-        let stream = subscriber
-            .subscribe(connection.subscription_path(&ps.jobs_subscription))
-            .set_max_lease(settings.runner.max_lease)
-            .set_max_outstanding_messages(settings.runner.max_in_flight as i64)
-            .set_shutdown_behavior(pubsub_bus::ShutdownBehavior::WaitForProcessing)
-            .build();
+        let puller = connection.puller(&ps.jobs_subscription).context("cannot open the jobs subscription")?;
 
         // The admin server answers while the ledger is migrated (its /readyz says so).
         let router = admin::router(AdminState { readiness: readiness.clone(), registry });
@@ -166,11 +161,16 @@ impl Application {
         tasks.spawn(
             "consumer",
             run_consumer(
-                stream,
+                puller,
                 runner,
                 ConsumerSettings {
                     max_in_flight: settings.runner.max_in_flight,
                     grace_period: settings.runner.grace_period,
+                    lease: LeaseSettings {
+                        ack_deadline: ps.ack_deadline,
+                        max_lease: settings.runner.max_lease,
+                        flush_every: Duration::from_millis(50),
+                    },
                 },
                 metrics.clone(),
                 work.clone(),

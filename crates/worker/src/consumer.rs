@@ -1,11 +1,13 @@
-//! The streaming-pull loop: at most `max_in_flight` jobs in hand at once (the client does
-//! not enforce flow control and the emulator ignores it), each handled by the [`Runner`].
-//! On shutdown it stops pulling, lets in-flight runs finish within the grace period, hands
-//! the rest back (nack) and flushes the acks.
+//! The pull loop: the worker asks Pub/Sub for exactly as many jobs as it has free slots
+//! (`runner.max_in_flight`), so nothing waits in one worker's buffer while another is idle
+//! and the backlog the autoscaler reads is the real one. Each job is handled by the
+//! [`Runner`]; its lease is extended while it runs. On shutdown it stops pulling, lets
+//! in-flight runs finish within the grace period, hands the rest back (nack) and flushes the
+//! acks.
 
 use crate::metrics::Metrics;
 use crate::runner::{Disposition, Runner};
-use pubsub_bus::{Handler, MessageStream};
+use pubsub_bus::pull::{LeaseKeeper, LeaseSettings, Puller};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -15,43 +17,81 @@ use tokio_util::sync::CancellationToken;
 pub struct ConsumerSettings {
     pub max_in_flight: usize,
     pub grace_period: Duration,
+    pub lease: LeaseSettings,
 }
 
+/// Waits between pulls that found nothing (the emulator answers an empty pull at once; real
+/// Pub/Sub holds it open until messages arrive).
+const IDLE_WAIT: (Duration, Duration) = (Duration::from_millis(50), Duration::from_millis(500));
+/// Waits after a failed pull (the bus unreachable).
+const FAILURE_WAIT: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(15));
+
 pub async fn run_consumer(
-    mut stream: MessageStream,
+    puller: Puller,
     runner: Arc<Runner>,
     settings: ConsumerSettings,
     metrics: Metrics,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    let (keeper, keeper_task) = LeaseKeeper::start(puller.clone(), settings.lease);
     let permits = Arc::new(Semaphore::new(settings.max_in_flight));
     let mut in_flight: JoinSet<()> = JoinSet::new();
+    let mut idle_wait = IDLE_WAIT.0;
+    let mut failure_wait = FAILURE_WAIT.0;
     let outcome: anyhow::Result<()> = loop {
         // Reap finished tasks so the set does not grow.
         while in_flight.try_join_next().is_some() {}
-        let permit = tokio::select! {
+        let first = tokio::select! {
             _ = stop.cancelled() => break Ok(()),
             p = permits.clone().acquire_owned() => p?,
         };
-        let next = tokio::select! {
+        let mut slots = vec![first];
+        while let Ok(p) = permits.clone().try_acquire_owned() {
+            slots.push(p);
+        }
+        let pulled = tokio::select! {
             _ = stop.cancelled() => break Ok(()),
-            next = stream.next() => next,
+            pulled = puller.pull(slots.len()) => pulled,
         };
-        let (message, handler) = match next {
-            Some(Ok(pair)) => pair,
-            Some(Err(e)) => break Err(anyhow::anyhow!("the subscription stream failed: {e}")),
-            None => break Err(anyhow::anyhow!("the subscription stream ended")),
+        let messages = match pulled {
+            Ok(messages) => {
+                failure_wait = FAILURE_WAIT.0;
+                messages
+            }
+            Err(e) if e.permanent => break Err(anyhow::anyhow!("{e}")),
+            Err(e) => {
+                metrics.pull_failures.inc();
+                tracing::warn!(error = %e, retry_in_ms = failure_wait.as_millis() as u64, "pull failed, retrying");
+                if pause(&stop, &mut failure_wait, FAILURE_WAIT.1).await {
+                    break Ok(());
+                }
+                continue;
+            }
         };
-        let runner = runner.clone();
-        let metrics = metrics.clone();
-        in_flight.spawn(async move {
-            metrics.in_flight.inc();
-            let attempt = handler.delivery_attempt().map_or(1, |a| a.max(1) as u32);
-            let disposition = runner.handle(&message.data, &message.attributes, attempt).await;
-            settle(handler, disposition);
-            metrics.in_flight.dec();
-            drop(permit);
-        });
+        if messages.is_empty() {
+            drop(slots);
+            if pause(&stop, &mut idle_wait, IDLE_WAIT.1).await {
+                break Ok(());
+            }
+            continue;
+        }
+        idle_wait = IDLE_WAIT.0;
+        // Pub/Sub never hands over more than asked; the zip only guards that.
+        for (message, permit) in messages.into_iter().zip(slots) {
+            let lease = keeper.hold(&message);
+            let runner = runner.clone();
+            let metrics = metrics.clone();
+            in_flight.spawn(async move {
+                metrics.in_flight.inc();
+                let attempt = message.delivery_attempt.unwrap_or(1).max(1);
+                match runner.handle(&message.data, &message.attributes, attempt).await {
+                    Disposition::Ack => lease.ack(),
+                    Disposition::Nack => lease.nack(),
+                }
+                metrics.in_flight.dec();
+                drop(permit);
+            });
+        }
     };
 
     // Drain: no more pulls; in-flight runs get the grace period.
@@ -64,20 +104,31 @@ pub async fn run_consumer(
         tokio::time::timeout(settings.grace_period, async { while in_flight.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         let handed_back = in_flight.len();
-        // Dropping a handler nacks its message: Pub/Sub redelivers it to another worker,
-        // and the idempotent write makes a second run harmless.
+        // Aborting a run drops its lease, which nacks the message: Pub/Sub redelivers it to
+        // another worker, and the run ledger and the idempotent write make that harmless.
         in_flight.abort_all();
         while in_flight.join_next().await.is_some() {}
         metrics.in_flight.set(0);
         tracing::warn!(handed_back, "grace period over, handing in-flight runs back");
     }
-    stream.shutdown_token().shutdown().await;
+    // The keeper flushes the last acks and nacks once its last handle is gone.
+    drop(keeper);
+    match tokio::time::timeout(Duration::from_secs(30), keeper_task).await {
+        Ok(Ok(report)) => {
+            tracing::info!(acked = report.acked, nacked = report.nacked, acks_lost = report.acks_lost, "acks flushed")
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "the lease keeper failed"),
+        Err(_) => tracing::warn!("acks not flushed within 30s: those jobs are redelivered and the ledger acks them"),
+    }
     outcome
 }
 
-fn settle(handler: Handler, disposition: Disposition) {
-    match disposition {
-        Disposition::Ack => handler.ack(),
-        Disposition::Nack => handler.nack(),
-    }
+/// Sleeps `wait` (doubling it up to `max` for next time); true when `stop` came first.
+async fn pause(stop: &CancellationToken, wait: &mut Duration, max: Duration) -> bool {
+    let stopped = tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(*wait) => false,
+    };
+    *wait = (*wait * 2).min(max);
+    stopped
 }

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub output_failures: Counter,
     /// Run-ledger calls that failed (claims: the message is handed back).
     pub ledger_failures: Counter,
+    /// Pulls from the jobs subscription that failed (retried with backoff).
+    pub pull_failures: Counter,
 }
 
 impl Metrics {
@@ -48,6 +50,7 @@ impl Metrics {
             dead_lettered: Counter::default(),
             output_failures: Counter::default(),
             ledger_failures: Counter::default(),
+            pull_failures: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("worker");
         r.register("jobs", "Job messages handled, by outcome and error class", m.jobs.clone());
@@ -57,6 +60,7 @@ impl Metrics {
         r.register("dead_lettered", "Messages sent to the dead-letter topic", m.dead_lettered.clone());
         r.register("output_failures", "Result or dead-letter publishes that failed", m.output_failures.clone());
         r.register("ledger_failures", "Run-ledger calls that failed", m.ledger_failures.clone());
+        r.register("pull_failures", "Pulls from the jobs subscription that failed", m.pull_failures.clone());
         m
     }
 }
