@@ -132,16 +132,11 @@ impl Application {
 
         let timer = Arc::new(Mutex::new(Timer::new(settings.placement.strategy)));
         let timer_changed = Arc::new(Notify::new());
-        let (runs_tx, runs_rx) = mpsc::channel::<DueRun>(10_000);
-        let mut syncer =
-            Syncer::new(source, settings.catalog.policy(), timer.clone(), timer_changed.clone(), metrics.clone());
-        syncer.placement = settings.placement.clone();
-        syncer.guard = RemovalGuard::new(settings.catalog.max_removal_share, settings.catalog.removal_confirmations);
-        let schedule_api = crate::admin_api::ScheduleApi {
-            catalog: syncer.view.clone(),
-            timer: timer.clone(),
-            observed: syncer.observed.clone(),
-        };
+        // What outlives a leader's term: the admin API's view of the schedules and the run
+        // durations learned so far.
+        let (view, observed): (crate::admin_api::CatalogView, Arc<crate::durations::Observed>) = Default::default();
+        let schedule_api =
+            crate::admin_api::ScheduleApi { catalog: view.clone(), timer: timer.clone(), observed: observed.clone() };
         let router = admin::router(AdminState { readiness: readiness.clone(), registry })
             .merge(crate::admin_api::router(schedule_api));
         let admin = admin.spawn(router);
@@ -163,135 +158,165 @@ impl Application {
         // read once leading, after the previous leader's last save.
         let identity = service_kit::process_identity("controller");
         let lease = settings.state.leader_lease;
-        let watermark = match open_state(&*store, &readiness, &shutdown).await {
-            Ok(true) => match lead(&*store, &identity, lease, &readiness, &shutdown).await {
-                Ok(true) => store.watermark().await.map_err(anyhow::Error::from),
-                Ok(false) => {
-                    admin.stop().await;
-                    return Ok(());
-                }
+        // Each pass is one term as leader: wait for the lease, catch up from the watermark,
+        // schedule and publish until shutdown or until the lease cannot be kept (the database
+        // unreachable, another replica took it); then back to standby.
+        let result = loop {
+            let watermark = match open_state(&*store, &readiness, &shutdown).await {
+                Ok(true) => match lead(&*store, &identity, lease, &readiness, &shutdown).await {
+                    Ok(true) => store.watermark().await.map_err(anyhow::Error::from),
+                    Ok(false) => break Ok(()),
+                    Err(e) => Err(e),
+                },
+                Ok(false) => break Ok(()),
                 Err(e) => Err(e),
-            },
-            Ok(false) => {
-                admin.stop().await;
-                return Ok(());
-            }
-            Err(e) => Err(e),
-        };
-        let watermark = match watermark {
-            Ok(w) => w,
-            Err(e) => {
-                admin.stop().await;
-                return Err(e);
-            }
-        };
-        tracing::info!(identity = %identity, watermark = ?watermark, "leading: scheduling and publishing");
-        let progress = Arc::new(Progress::new(watermark));
-        let work = shutdown.child_token();
-        let mut tasks = Supervisor::new(work.clone());
+            };
+            let watermark = match watermark {
+                Ok(w) => w,
+                Err(e) => break Err(e),
+            };
+            // A term starts from nothing, like a fresh process: the first sync fills the timer
+            // and the catch-up replays what was missed since the watermark.
+            *timer.lock().unwrap_or_else(|p| p.into_inner()) = Timer::new(settings.placement.strategy);
+            let mut syncer = Syncer::new(
+                source.clone(),
+                settings.catalog.policy(),
+                timer.clone(),
+                timer_changed.clone(),
+                metrics.clone(),
+            );
+            (syncer.view, syncer.observed) = (view.clone(), observed.clone());
+            syncer.placement = settings.placement.clone();
+            syncer.guard =
+                RemovalGuard::new(settings.catalog.max_removal_share, settings.catalog.removal_confirmations);
+            let (runs_tx, runs_rx) = mpsc::channel::<DueRun>(10_000);
+            tracing::info!(identity = %identity, watermark = ?watermark, "leading: scheduling and publishing");
+            let progress = Arc::new(Progress::new(watermark));
+            let work = shutdown.child_token();
+            let mut tasks = Supervisor::new(work.clone());
 
-        if uses_pubsub && !settings.pubsub.results_subscription.is_empty() {
-            let ps = &settings.pubsub;
-            if ps.create_topics {
-                connection.ensure_topic(&ps.results_topic).await?;
-                connection
-                    .ensure_subscription(&pubsub_bus::SubscriptionSpec::plain(
-                        &ps.results_subscription,
-                        &ps.results_topic,
-                    ))
-                    .await?;
+            if uses_pubsub && !settings.pubsub.results_subscription.is_empty() {
+                let ps = &settings.pubsub;
+                if ps.create_topics {
+                    if let Err(e) = connection.ensure_topic(&ps.results_topic).await {
+                        break Err(e.into());
+                    }
+                    let spec = pubsub_bus::SubscriptionSpec::plain(&ps.results_subscription, &ps.results_topic);
+                    if let Err(e) = connection.ensure_subscription(&spec).await {
+                        break Err(e.into());
+                    }
+                }
+                tasks.spawn(
+                    "learn-durations",
+                    learn_durations(
+                        connection.clone(),
+                        ps.results_subscription.clone(),
+                        syncer.observed.clone(),
+                        work.clone(),
+                    ),
+                );
             }
             tasks.spawn(
-                "learn-durations",
-                learn_durations(
-                    connection.clone(),
-                    ps.results_subscription.clone(),
+                "due-forecast",
+                forecast_due(
+                    timer.clone(),
                     syncer.observed.clone(),
+                    settings.placement.default_duration,
+                    metrics.clone(),
                     work.clone(),
                 ),
             );
-        }
-        tasks.spawn(
-            "due-forecast",
-            forecast_due(
-                timer.clone(),
-                syncer.observed.clone(),
-                settings.placement.default_duration,
-                metrics.clone(),
-                work.clone(),
-            ),
-        );
-        let startup = Startup {
-            store: store.clone(),
-            watermark,
-            progress: progress.clone(),
-            runs: runs_tx.clone(),
-            catchup: settings.catchup.clone(),
-        };
-        tasks.spawn(
-            "catalog-sync",
-            run_sync(syncer, startup, settings.catalog.sync_interval, readiness.clone(), work.clone()),
-        );
-        tasks.spawn(
-            "timer",
-            crate::timer::drive(timer, timer_changed, runs_tx, progress.clone(), metrics.clone(), work.clone()),
-        );
-        let publisher_done = CancellationToken::new();
-        let done = publisher_done.clone();
-        let publisher = run_publisher(
-            sink,
-            PublishSettings {
-                max_in_flight: settings.pubsub.max_in_flight,
-                initial_backoff: Duration::from_millis(200),
-                max_backoff: Duration::from_secs(30),
-                drain_timeout: settings.pubsub.drain_timeout,
-            },
-            runs_rx,
-            progress.clone(),
-            metrics.clone(),
-            work.clone(),
-        );
-        tasks.spawn("publisher", async move {
-            let result = publisher.await;
-            done.cancel();
-            result
-        });
-        let watermark_saved = CancellationToken::new();
-        tasks.spawn(
-            "watermark",
-            keep_watermark(
-                store.clone(),
-                progress,
-                settings.state.watermark_interval,
-                ShutdownOrder {
-                    drain: settings.pubsub.drain_timeout + Duration::from_secs(5),
-                    publisher_done,
-                    watermark_saved: watermark_saved.clone(),
-                },
-                metrics.clone(),
-                work.clone(),
-            ),
-        );
-        tasks.spawn(
-            "leadership",
-            keep_leading(
-                store,
-                identity,
-                lease,
-                settings.pubsub.drain_timeout + Duration::from_secs(10),
-                watermark_saved,
-                readiness.clone(),
-                work.clone(),
-            ),
-        );
-        if uses_pubsub {
+            let startup = Startup {
+                store: store.clone(),
+                watermark,
+                progress: progress.clone(),
+                runs: runs_tx.clone(),
+                catchup: settings.catchup.clone(),
+            };
             tasks.spawn(
-                "pubsub-check",
-                check_pubsub(connection.clone(), settings.pubsub.jobs_topic.clone(), readiness.clone(), work.clone()),
+                "catalog-sync",
+                run_sync(syncer, startup, settings.catalog.sync_interval, readiness.clone(), work.clone()),
             );
-        }
+            tasks.spawn(
+                "timer",
+                crate::timer::drive(
+                    timer.clone(),
+                    timer_changed.clone(),
+                    runs_tx,
+                    progress.clone(),
+                    metrics.clone(),
+                    work.clone(),
+                ),
+            );
+            let publisher_done = CancellationToken::new();
+            let done = publisher_done.clone();
+            let publisher = run_publisher(
+                sink.clone(),
+                PublishSettings {
+                    max_in_flight: settings.pubsub.max_in_flight,
+                    initial_backoff: Duration::from_millis(200),
+                    max_backoff: Duration::from_secs(30),
+                    drain_timeout: settings.pubsub.drain_timeout,
+                },
+                runs_rx,
+                progress.clone(),
+                metrics.clone(),
+                work.clone(),
+            );
+            tasks.spawn("publisher", async move {
+                let result = publisher.await;
+                done.cancel();
+                result
+            });
+            let watermark_saved = CancellationToken::new();
+            tasks.spawn(
+                "watermark",
+                keep_watermark(
+                    store.clone(),
+                    progress,
+                    settings.state.watermark_interval,
+                    ShutdownOrder {
+                        drain: settings.pubsub.drain_timeout + Duration::from_secs(5),
+                        publisher_done,
+                        watermark_saved: watermark_saved.clone(),
+                    },
+                    metrics.clone(),
+                    work.clone(),
+                ),
+            );
+            tasks.spawn(
+                "leadership",
+                keep_leading(
+                    store.clone(),
+                    identity.clone(),
+                    lease,
+                    settings.pubsub.drain_timeout + Duration::from_secs(10),
+                    watermark_saved,
+                    readiness.clone(),
+                    work.clone(),
+                ),
+            );
+            if uses_pubsub {
+                tasks.spawn(
+                    "pubsub-check",
+                    check_pubsub(
+                        connection.clone(),
+                        settings.pubsub.jobs_topic.clone(),
+                        readiness.clone(),
+                        work.clone(),
+                    ),
+                );
+            }
 
-        let result = tasks.join().await;
+            match tasks.join().await {
+                Err(e) if e.downcast_ref::<SteppedDown>().is_some() && !shutdown.is_cancelled() => {
+                    metrics.leadership_lost.inc();
+                    tracing::warn!(error = format!("{e:#}"), "stepped down; back to standby");
+                    readiness.set(CHECK_LEADER, false, format!("stepped down: {e}"));
+                }
+                other => break other,
+            }
+        };
         admin.stop().await;
         tracing::info!("controller stopped");
         result
@@ -379,10 +404,20 @@ async fn lead(
     }
 }
 
+/// Why a term as leader ended before shutdown: the process goes back to standby.
+#[derive(Debug, thiserror::Error)]
+enum SteppedDown {
+    #[error("lost the leader's lease to {0}")]
+    Lost(String),
+    #[error("cannot renew the leader's lease: {0}")]
+    CannotRenew(String),
+}
+
 /// Renews the lease every third of it. Losing it — another replica took it, or it could not
-/// be renewed for two thirds of its length — stops this controller (an error: the process
-/// exits and comes back as a standby) before the lease can expire under it. At shutdown,
-/// once the watermark is saved, it gives the lease up so that a standby takes over at once.
+/// be renewed for two thirds of its length — ends this term (a [`SteppedDown`] error: the
+/// term's tasks stop and the controller waits as a standby) before the lease can expire
+/// under it. At shutdown, once the watermark is saved, it gives the lease up so that a
+/// standby takes over at once.
 async fn keep_leading(
     store: Arc<dyn StateStore>,
     identity: String,
@@ -404,12 +439,12 @@ async fn keep_leading(
                 readiness.set(CHECK_LEADER, true, format!("leader ({identity}) until {until}"));
             }
             Ok(crate::state::Leadership::Standby { holder, .. }) => {
-                tracing::error!(leader = %holder, "lost the leader's lease; stopping");
-                anyhow::bail!("lost the leader's lease to {holder}");
+                tracing::error!(leader = %holder, "lost the leader's lease; stepping down");
+                return Err(SteppedDown::Lost(holder).into());
             }
             Err(e) if renewed.elapsed() > lease * 2 / 3 => {
                 tracing::error!(error = %e, "cannot renew the leader's lease; stepping down before it expires");
-                anyhow::bail!("cannot renew the leader's lease: {e}");
+                return Err(SteppedDown::CannotRenew(e.to_string()).into());
             }
             Err(e) => tracing::warn!(error = %e, "cannot renew the leader's lease, retrying"),
         }

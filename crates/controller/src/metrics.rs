@@ -57,6 +57,8 @@ pub struct Metrics {
     pub watermark_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Syncs held back by the mass-deletion guard.
     pub catalog_held_back: Counter,
+    /// Terms as leader that ended before shutdown (the lease could not be kept).
+    pub leadership_lost: Counter,
 }
 
 impl Metrics {
@@ -77,6 +79,7 @@ impl Metrics {
             missed_runs: Family::default(),
             watermark_lag_seconds: Gauge::default(),
             catalog_held_back: Counter::default(),
+            leadership_lost: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("controller");
         r.register(
@@ -117,6 +120,11 @@ impl Metrics {
             "catalog_held_back",
             "Syncs held back because they would remove too many schedules",
             m.catalog_held_back.clone(),
+        );
+        r.register(
+            "leadership_lost",
+            "Terms as leader that ended before shutdown: the lease could not be kept, back to standby",
+            m.leadership_lost.clone(),
         );
         m
     }

@@ -15,15 +15,20 @@
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Parser;
+use integration_tests::platform::{FakePlatform, Fault};
 use integration_tests::{TestDb, unique};
+use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod proxy;
+
 #[derive(Parser)]
 struct Cli {
-    /// `worker-kills`, `controller-kill`, `leader-kill` (comma-separated), or `all`.
+    /// `worker-kills`, `controller-kill`, `bus-cut`, `postgres-restart`, `platform-faults`,
+    /// `leader-kill` (comma-separated), or `all`.
     #[arg(long, default_value = "all")]
     scenario: String,
     /// The short form (CI): fewer faults, shorter outages.
@@ -32,6 +37,10 @@ struct Cli {
     /// Where the controller and worker binaries are.
     #[arg(long, default_value = "target/debug")]
     bin_dir: PathBuf,
+    /// The script that started the services (`postgres-restart` restarts PostgreSQL with it;
+    /// `SERVICES_DIR` names the instance).
+    #[arg(long, default_value = "scripts/services")]
+    services_script: PathBuf,
 }
 
 /// One scenario's figures.
@@ -46,6 +55,8 @@ struct Outcome {
     ran_twice: usize,
     lost: usize,
     recover: Duration,
+    /// What went wrong besides lost or doubled runs (the fault was not what it should be).
+    problem: Option<String>,
 }
 
 /// The services one scenario runs against, and its processes' common environment.
@@ -55,44 +66,102 @@ struct Env {
     db: TestDb,
     project: String,
     jobs: String,
-    catalog: PathBuf,
+    tenants: Vec<String>,
+    queries: usize,
+    /// The catalog: a file, or the fake platform API.
+    catalog: Catalog,
     bus: pubsub_bus::Connection,
+    /// `host:port` the processes reach Pub/Sub at (a proxy, or the emulator itself).
+    bus_host: String,
     results_tap: String,
 }
 
+enum Catalog {
+    File(PathBuf),
+    Platform(FakePlatform),
+}
+
+/// The platform token the fault suite's fake platform expects.
+const PLATFORM_TOKEN: &str = "fault-suite-token";
+
+/// `queries` schedules on `cron` in each tenant: `acme`, then `t1`, `t2`, ...
+fn tenant_ids(tenants: usize) -> Vec<String> {
+    (0..tenants).map(|i| if i == 0 { "acme".to_owned() } else { format!("t{i}") }).collect()
+}
+
+fn queries_doc(queries: usize, cron: &str) -> Vec<Value> {
+    (0..queries)
+        .map(|i| {
+            json!({"id": format!("q{i}"), "schedule": cron, "engine": "warehouse", "destination": "out", "timeout": "30s",
+                   "max_attempts": 10, "overlap": "allow",
+                   "sql": "SELECT @scheduled_for AS scheduled_for, pg_sleep(0.2)::text AS slept"})
+        })
+        .collect()
+}
+
+/// How a scenario's environment is built.
+struct Setup {
+    tenants: usize,
+    queries: usize,
+    every: i64,
+    /// Serve the catalog from the fake platform API instead of a file.
+    platform: bool,
+}
+
+impl Setup {
+    fn new(queries: usize, every: i64) -> Setup {
+        Setup { tenants: 1, queries, every, platform: false }
+    }
+}
+
 impl Env {
-    async fn new(bin_dir: &Path, queries: usize, cron: &str) -> anyhow::Result<Env> {
+    async fn new(bin_dir: &Path, setup: &Setup) -> anyhow::Result<Env> {
         let dir = std::env::temp_dir().join(unique("faults"));
         std::fs::create_dir_all(&dir)?;
         let db = TestDb::create().await;
-        db.client.batch_execute("CREATE SCHEMA tenant_acme").await?;
-        let catalog = dir.join("catalog.json");
-        let qs: Vec<String> = (0..queries)
-            .map(|i| {
-                format!(
-                    r#"{{"id": "q{i}", "schedule": "{cron}", "engine": "warehouse", "destination": "out", "timeout": "30s",
-                        "max_attempts": 10, "overlap": "allow", "sql": "SELECT @scheduled_for AS scheduled_for, pg_sleep(0.2)::text AS slept"}}"#
-                )
-            })
-            .collect();
-        std::fs::write(
-            &catalog,
-            format!(
-                r#"{{"tenants": [{{"id": "acme", "status": "active", "apps": [{{"id": "app", "queries": [{}]}}]}}]}}"#,
-                qs.join(",")
-            ),
-        )?;
+        let tenants = tenant_ids(setup.tenants);
+        for t in &tenants {
+            db.client.batch_execute(&format!("CREATE SCHEMA tenant_{t}")).await?;
+        }
+        let queries = queries_doc(setup.queries, &format!("*/{} * * * * *", setup.every));
+        let catalog = if setup.platform {
+            let platform = FakePlatform::start(PLATFORM_TOKEN).await;
+            platform.set_tenant_pages(vec![tenants.iter().map(|t| json!({"id": t, "status": "active"})).collect()]);
+            for t in &tenants {
+                platform.set_app_pages(t, vec![vec![json!({"id": "app", "queries": queries})]]);
+            }
+            Catalog::Platform(platform)
+        } else {
+            let path = dir.join("catalog.json");
+            let doc = json!({"tenants": tenants.iter().map(|t| json!({"id": t, "status": "active",
+                "apps": [{"id": "app", "queries": queries}]})).collect::<Vec<_>>()});
+            std::fs::write(&path, serde_json::to_vec_pretty(&doc)?)?;
+            Catalog::File(path)
+        };
         let (project, jobs) = (unique("faults"), unique("jobs"));
         let bus = integration_tests::emulator(&project);
+        let bus_host = std::env::var(pubsub_bus::EMULATOR_HOST_VAR).context("PUBSUB_EMULATOR_HOST is not set")?;
         // Read once, at the end (the emulator keeps feeding a cancelled stream for a while).
         let results_tap = integration_tests::tap(&bus, &format!("{jobs}-results")).await;
-        Ok(Env { bin_dir: bin_dir.to_owned(), dir, db, project, jobs, catalog, bus, results_tap })
+        Ok(Env {
+            bin_dir: bin_dir.to_owned(),
+            dir,
+            db,
+            project,
+            jobs,
+            tenants,
+            queries: setup.queries,
+            catalog,
+            bus,
+            bus_host,
+            results_tap,
+        })
     }
 
     fn spawn(&self, binary: &str, name: &str, env: &[(&str, String)]) -> anyhow::Result<Child> {
         let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
         let mut cmd = Command::new(self.bin_dir.join(binary));
-        cmd.arg("run").stdout(Stdio::null()).stderr(log);
+        cmd.arg("run").stdout(Stdio::null()).stderr(log).env(pubsub_bus::EMULATOR_HOST_VAR, &self.bus_host);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -100,23 +169,35 @@ impl Env {
     }
 
     fn controller(&self, name: &str, admin_port: u16) -> anyhow::Result<Child> {
-        self.spawn(
-            "controller",
-            name,
-            &[
-                ("CONTROLLER_ADMIN__LISTEN", format!("127.0.0.1:{admin_port}")),
-                ("CONTROLLER_PLATFORM__SOURCE", "file".into()),
-                ("CONTROLLER_PLATFORM__CATALOG_FILE", self.catalog.display().to_string()),
-                ("CONTROLLER_CATALOG__SYNC_INTERVAL", "2s".into()),
-                ("CONTROLLER_PLACEMENT__STRATEGY", "none".into()),
-                ("CONTROLLER_PUBSUB__PROJECT", self.project.clone()),
-                ("CONTROLLER_PUBSUB__JOBS_TOPIC", self.jobs.clone()),
-                ("CONTROLLER_PUBSUB__CREATE_TOPICS", "true".into()),
-                ("CONTROLLER_STATE__URL", self.db.url.clone()),
-                ("CONTROLLER_STATE__WATERMARK_INTERVAL", "1s".into()),
-                ("CONTROLLER_STATE__LEADER_LEASE", "6s".into()),
-            ],
-        )
+        let mut env = vec![
+            ("CONTROLLER_ADMIN__LISTEN", format!("127.0.0.1:{admin_port}")),
+            ("CONTROLLER_CATALOG__SYNC_INTERVAL", "2s".into()),
+            ("CONTROLLER_PLACEMENT__STRATEGY", "none".into()),
+            ("CONTROLLER_PUBSUB__PROJECT", self.project.clone()),
+            ("CONTROLLER_PUBSUB__JOBS_TOPIC", self.jobs.clone()),
+            ("CONTROLLER_PUBSUB__CREATE_TOPICS", "true".into()),
+            ("CONTROLLER_STATE__URL", self.db.url.clone()),
+            ("CONTROLLER_STATE__WATERMARK_INTERVAL", "1s".into()),
+            ("CONTROLLER_STATE__LEADER_LEASE", "6s".into()),
+        ];
+        match &self.catalog {
+            Catalog::File(path) => {
+                env.push(("CONTROLLER_PLATFORM__SOURCE", "file".into()));
+                env.push(("CONTROLLER_PLATFORM__CATALOG_FILE", path.display().to_string()));
+            }
+            Catalog::Platform(platform) => {
+                env.extend([
+                    ("CONTROLLER_PLATFORM__SOURCE", "api".into()),
+                    ("CONTROLLER_PLATFORM__BASE_URL", platform.base_url()),
+                    ("CONTROLLER_PLATFORM__MAX_ATTEMPTS", "2".into()),
+                    ("CONTROLLER_PLATFORM__REQUEST_TIMEOUT", "2s".into()),
+                    ("CONTROLLER_PLATFORM__INITIAL_BACKOFF", "200ms".into()),
+                    ("CONTROLLER_CATALOG__REMOVAL_CONFIRMATIONS", "8".into()),
+                    ("PLATFORM_API_TOKEN", PLATFORM_TOKEN.into()),
+                ]);
+            }
+        }
+        self.spawn("controller", name, &env)
     }
 
     fn worker(&self, name: &str) -> anyhow::Result<Child> {
@@ -144,14 +225,43 @@ impl Env {
         )
     }
 
-    /// Distinct job ids written, and those with more than one row.
+    fn workers(&self, n: usize) -> anyhow::Result<Vec<Child>> {
+        (0..n).map(|i| self.worker(&format!("worker-{i}"))).collect()
+    }
+
+    /// Distinct job ids written, and those with more than one row. A fresh connection each
+    /// time: the database may have been restarted under the suite.
     async fn written(&self) -> (BTreeSet<String>, usize) {
-        let rows = match self.db.client.query("SELECT _job_id, count(*) FROM tenant_acme.out GROUP BY 1", &[]).await {
-            Ok(rows) => rows,
-            Err(_) => return (BTreeSet::new(), 0), // the table is created by the first write
+        let Ok((client, connection)) = tokio_postgres::connect(&self.db.url, tokio_postgres::NoTls).await else {
+            return (BTreeSet::new(), 0);
         };
-        let twice = rows.iter().filter(|r| r.get::<_, i64>(1) > 1).count();
-        (rows.iter().map(|r| r.get::<_, String>(0)).collect(), twice)
+        tokio::spawn(connection);
+        let (mut ids, mut twice) = (BTreeSet::new(), 0);
+        for t in &self.tenants {
+            // The table is created by the tenant's first write.
+            let Ok(rows) = client.query(&format!("SELECT _job_id, count(*) FROM tenant_{t}.out GROUP BY 1"), &[]).await
+            else {
+                continue;
+            };
+            twice += rows.iter().filter(|r| r.get::<_, i64>(1) > 1).count();
+            ids.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+        }
+        (ids, twice)
+    }
+
+    /// The job ids of every run of the catalog with a nominal time in `[from, to]`.
+    fn expected(&self, every: i64, from: DateTime<Utc>, to: DateTime<Utc>) -> BTreeSet<String> {
+        let mut t = DateTime::from_timestamp(from.timestamp().div_euclid(every) * every + every, 0).unwrap_or(from);
+        let mut out = BTreeSet::new();
+        while t <= to {
+            for tenant in &self.tenants {
+                for q in 0..self.queries {
+                    out.insert(jobs_core::JobId::for_run(tenant, "app", &format!("q{q}"), t).to_string());
+                }
+            }
+            t += chrono::Duration::seconds(every);
+        }
+        out
     }
 
     /// Job ids with more than one `succeeded` result event: executed again after a success
@@ -197,20 +307,6 @@ fn kill9(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// The job ids of every run of the catalog's `queries` schedules with a nominal time in
-/// `[from, to]`, stepping `every`.
-fn expected_ids(queries: usize, every: i64, from: DateTime<Utc>, to: DateTime<Utc>) -> BTreeSet<String> {
-    let mut t = DateTime::from_timestamp(from.timestamp().div_euclid(every) * every + every, 0).unwrap_or(from);
-    let mut out = BTreeSet::new();
-    while t <= to {
-        for q in 0..queries {
-            out.insert(jobs_core::JobId::for_run("acme", "app", &format!("q{q}"), t).to_string());
-        }
-        t += chrono::Duration::seconds(every);
-    }
-    out
-}
-
 /// Waits until every expected run is written (or `limit` passes); the time it took.
 async fn settle(env: &Env, expected: &BTreeSet<String>, limit: Duration) -> Duration {
     let started = Instant::now();
@@ -236,14 +332,40 @@ async fn outcome(env: &Env, scenario: &'static str, expected: BTreeSet<String>, 
         ran_twice,
         lost,
         recover,
+        problem: None,
     }
+}
+
+/// The end of every scenario: the controller stops (flushing what it has), every run due
+/// up to a few seconds before gets `limit` to be written, the workers stop.
+async fn finish(
+    env: &Env,
+    scenario: &'static str,
+    every: i64,
+    from: DateTime<Utc>,
+    controllers: &mut [&mut Child],
+    workers: &mut [Child],
+    recover: Duration,
+) -> Outcome {
+    // Runs due in the last seconds may still be in the controller's hands.
+    let to = Utc::now() - chrono::Duration::seconds(4);
+    for c in controllers.iter_mut() {
+        terminate(c, Duration::from_secs(20));
+    }
+    let expected = env.expected(every, from, to);
+    settle(env, &expected, Duration::from_secs(90)).await;
+    let result = outcome(env, scenario, expected, recover).await;
+    for w in workers {
+        terminate(w, Duration::from_secs(10));
+    }
+    result
 }
 
 /// Workers killed with SIGKILL at random while runs fall due, each restarted at once.
 async fn worker_kills(bin: &Path, short: bool) -> anyhow::Result<Outcome> {
     let (queries, every, kills) = if short { (10, 2, 5) } else { (50, 2, 20) };
-    let env = Env::new(bin, queries, &format!("*/{every} * * * * *")).await?;
-    let mut workers: Vec<Child> = (0..3).map(|i| env.worker(&format!("worker-{i}"))).collect::<Result<_, _>>()?;
+    let env = Env::new(bin, &Setup::new(queries, every)).await?;
+    let mut workers = env.workers(3)?;
     let mut controller = env.controller("controller", free_port())?;
     tokio::time::sleep(Duration::from_secs(12)).await; // the emulator, the ledger, the first sync
     let from = Utc::now();
@@ -255,10 +377,9 @@ async fn worker_kills(bin: &Path, short: bool) -> anyhow::Result<Outcome> {
     }
     let to = Utc::now();
     terminate(&mut controller, Duration::from_secs(20));
-    let expected = expected_ids(queries, every, from, to);
-    // The emulator hands a killed worker's buffered messages to another stream only after an
-    // unpredictable delay (see the README); real Pub/Sub does so after the ack deadline.
-    let recover = settle(&env, &expected, Duration::from_secs(if short { 180 } else { 400 })).await;
+    // A killed worker's jobs come back when their ack deadline (10 s here) passes.
+    let expected = env.expected(every, from, to);
+    let recover = settle(&env, &expected, Duration::from_secs(120)).await;
     let result = outcome(&env, "worker kill -9", expected, recover).await;
     for w in &mut workers {
         terminate(w, Duration::from_secs(10));
@@ -270,8 +391,8 @@ async fn worker_kills(bin: &Path, short: bool) -> anyhow::Result<Outcome> {
 /// published by the catch-up.
 async fn controller_kill(bin: &Path, short: bool) -> anyhow::Result<Outcome> {
     let (queries, every, down) = if short { (5, 10, 15) } else { (20, 10, 120) };
-    let env = Env::new(bin, queries, &format!("*/{every} * * * * *")).await?;
-    let mut workers: Vec<Child> = (0..2).map(|i| env.worker(&format!("worker-{i}"))).collect::<Result<_, _>>()?;
+    let env = Env::new(bin, &Setup::new(queries, every)).await?;
+    let mut workers = env.workers(2)?;
     let mut controller = env.controller("controller-1", free_port())?;
     tokio::time::sleep(Duration::from_secs(12)).await;
     let from = Utc::now();
@@ -281,25 +402,124 @@ async fn controller_kill(bin: &Path, short: bool) -> anyhow::Result<Outcome> {
     let mut controller = env.controller("controller-2", free_port())?;
     // Recovered when every run due before the restart is written.
     let restart = Utc::now();
-    let recover = settle(&env, &expected_ids(queries, every, from, restart), Duration::from_secs(90)).await;
+    let recover = settle(&env, &env.expected(every, from, restart), Duration::from_secs(90)).await;
     tokio::time::sleep(Duration::from_secs(15)).await;
-    let to = Utc::now() - chrono::Duration::seconds(5);
-    terminate(&mut controller, Duration::from_secs(20));
-    let expected = expected_ids(queries, every, from, to);
-    settle(&env, &expected, Duration::from_secs(60)).await;
-    let result = outcome(&env, "controller kill -9, restart later", expected, recover).await;
-    for w in &mut workers {
-        terminate(w, Duration::from_secs(10));
+    let name = "controller kill -9, restart later";
+    Ok(finish(&env, name, every, from, &mut [&mut controller], &mut workers, recover).await)
+}
+
+/// Every connection between the services and Pub/Sub cut (a proxy on loopback) for a while:
+/// publishes and pulls fail and are retried; nothing is lost.
+async fn bus_cut(bin: &Path, short: bool) -> anyhow::Result<Outcome> {
+    let (queries, every, cut) = if short { (5, 2, 10) } else { (20, 2, 30) };
+    let mut env = Env::new(bin, &Setup::new(queries, every)).await?;
+    let upstream = env.bus_host.trim_start_matches("http://").parse().context("PUBSUB_EMULATOR_HOST host:port")?;
+    let proxy = proxy::Proxy::start(upstream).await?;
+    env.bus_host = proxy.addr.to_string();
+    let mut workers = env.workers(3)?;
+    let mut controller = env.controller("controller", free_port())?;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let from = Utc::now();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(cut)).await;
+    proxy.restore();
+    eprintln!("fault-suite: bus restored after {cut} s ({} connections refused meanwhile)", proxy.refused());
+    let restored = Utc::now();
+    let recover = settle(&env, &env.expected(every, from, restored), Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let name = "Pub/Sub connection cut";
+    Ok(finish(&env, name, every, from, &mut [&mut controller], &mut workers, recover).await)
+}
+
+/// PostgreSQL (the run ledger, the controller's state, the destination) stopped and started
+/// again under load.
+async fn postgres_restart(bin: &Path, script: &Path, short: bool) -> anyhow::Result<Outcome> {
+    let (queries, every, down) = if short { (5, 2, 5) } else { (20, 2, 20) };
+    let services =
+        std::env::var("SERVICES_DIR").context("SERVICES_DIR is not set: start the services with scripts/services")?;
+    let env = Env::new(bin, &Setup::new(queries, every)).await?;
+    let mut workers = env.workers(3)?;
+    let mut controller = env.controller("controller", free_port())?;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let from = Utc::now();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let status = Command::new(script)
+        .args(["restart-pg", &services, &down.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    anyhow::ensure!(status.success(), "{} restart-pg failed: {status}", script.display());
+    let restarted = Utc::now();
+    let recover = settle(&env, &env.expected(every, from, restarted), Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let name = "PostgreSQL restarted";
+    Ok(finish(&env, name, every, from, &mut [&mut controller], &mut workers, recover).await)
+}
+
+/// The platform API fails in every way the contract allows and some it does not: 500s,
+/// malformed JSON, a page cut short, then a catalog that lost 90% of its tenants. The last
+/// good catalog stays in force: every tenant's runs go on.
+async fn platform_faults(bin: &Path, short: bool) -> anyhow::Result<Outcome> {
+    let (queries, every, bad_answer) = if short { (1, 2, 8) } else { (2, 2, 12) };
+    let env = Env::new(bin, &Setup { tenants: 10, queries, every, platform: true }).await?;
+    let Catalog::Platform(platform) = &env.catalog else { anyhow::bail!("the scenario needs the fake platform") };
+    let mut workers = env.workers(3)?;
+    let port = free_port();
+    let mut controller = env.controller("controller", port)?;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let from = Utc::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let broken = [
+        Fault::Status(500),
+        Fault::Status(500),
+        Fault::Status(503),
+        Fault::Status(500),
+        Fault::Body("{\"tenants\": [{\"id\": \"acme\", \"status\": \"act".into()),
+        Fault::Body("<html>502 Bad Gateway</html>".into()),
+        Fault::Body("{\"tenants\": [{\"id\": \"acme\", \"status\": \"active\"}], \"next_page_token\": 7}".into()),
+    ];
+    let faults = broken.len();
+    platform.inject("/v1/tenants", broken);
+    // Every fault answered (the controller retries and syncs every 2 s).
+    let answered = |n: usize| platform.requests().iter().filter(|r| r.path == "/v1/tenants").count() >= n;
+    let before = platform.requests().iter().filter(|r| r.path == "/v1/tenants").count();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !answered(before + faults) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Then 90% of the tenants vanish for a while (fewer syncs than the guard's confirmations).
+    let full = vec![env.tenants.iter().map(|t| json!({"id": t, "status": "active"})).collect::<Vec<_>>()];
+    platform.set_tenant_pages(vec![vec![json!({"id": "acme", "status": "active"})]]);
+    tokio::time::sleep(Duration::from_secs(bad_answer)).await;
+    platform.set_tenant_pages(full);
+    let recovered = Utc::now();
+    let held_back = metric(port, "controller_catalog_held_back_total").await;
+    let failures = metric(port, "controller_catalog_syncs_total{outcome=\"failed\"}").await;
+    eprintln!("fault-suite: platform back; syncs failed {failures}, held back by the mass-deletion guard {held_back}");
+    let recover = settle(&env, &env.expected(every, from, recovered), Duration::from_secs(90)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let name = "platform 500s, bad JSON, 90% gone";
+    let mut result = finish(&env, name, every, from, &mut [&mut controller], &mut workers, recover).await;
+    if held_back < 1.0 || failures < 1.0 {
+        result.problem =
+            Some(format!("the faults did not reach the controller (failed syncs {failures}, held back {held_back})"));
     }
     Ok(result)
+}
+
+/// A counter or gauge from a controller's `/metrics` (0 when absent).
+async fn metric(port: u16, name: &str) -> f64 {
+    let text = integration_tests::get(([127, 0, 0, 1], port).into(), "/metrics").await.1;
+    integration_tests::metric(&text, name).unwrap_or(0.0)
 }
 
 /// The leader killed with SIGKILL while a standby runs: the standby takes over when the
 /// lease expires and publishes what the leader left.
 async fn leader_kill(bin: &Path, short: bool) -> anyhow::Result<Outcome> {
     let (queries, every) = if short { (5, 2) } else { (20, 2) };
-    let env = Env::new(bin, queries, &format!("*/{every} * * * * *")).await?;
-    let mut workers: Vec<Child> = (0..2).map(|i| env.worker(&format!("worker-{i}"))).collect::<Result<_, _>>()?;
+    let env = Env::new(bin, &Setup::new(queries, every)).await?;
+    let mut workers = env.workers(2)?;
     let (port_a, port_b) = (free_port(), free_port());
     let mut leader = env.controller("controller-a", port_a)?;
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -319,15 +539,8 @@ async fn leader_kill(bin: &Path, short: bool) -> anyhow::Result<Outcome> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let to = Utc::now() - chrono::Duration::seconds(4);
-    terminate(&mut standby, Duration::from_secs(20));
-    let expected = expected_ids(queries, every, from, to);
-    settle(&env, &expected, Duration::from_secs(60)).await;
-    let result = outcome(&env, "leader kill -9 with a standby", expected, handover).await;
-    for w in &mut workers {
-        terminate(w, Duration::from_secs(10));
-    }
-    Ok(result)
+    let name = "leader kill -9 with a standby";
+    Ok(finish(&env, name, every, from, &mut [&mut standby], &mut workers, handover).await)
 }
 
 /// `/readyz` of a controller on a loopback port, as text.
@@ -335,21 +548,29 @@ async fn readyz(port: u16) -> String {
     integration_tests::get(([127, 0, 0, 1], port).into(), "/readyz").await.1
 }
 
+const SCENARIOS: [&str; 6] =
+    ["worker-kills", "controller-kill", "bus-cut", "postgres-restart", "platform-faults", "leader-kill"];
+
 #[tokio::main]
 async fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
-    let all = ["worker-kills", "controller-kill", "leader-kill"];
-    let chosen: Vec<&str> = if cli.scenario == "all" { all.to_vec() } else { cli.scenario.split(',').collect() };
+    let chosen: Vec<&str> = if cli.scenario == "all" { SCENARIOS.to_vec() } else { cli.scenario.split(',').collect() };
+    if let Some(unknown) = chosen.iter().find(|s| !SCENARIOS.contains(s)) {
+        anyhow::bail!("--scenario {unknown:?}: one of {}, or all", SCENARIOS.join(", "));
+    }
     let mut outcomes = Vec::new();
     for s in chosen {
         eprintln!("fault-suite: scenario {s}{}", if cli.short { " (short)" } else { "" });
+        let started = Instant::now();
         let o = match s {
             "worker-kills" => worker_kills(&cli.bin_dir, cli.short).await?,
             "controller-kill" => controller_kill(&cli.bin_dir, cli.short).await?,
-            "leader-kill" => leader_kill(&cli.bin_dir, cli.short).await?,
-            other => anyhow::bail!("--scenario {other:?}: one of {}, or all", all.join(", ")),
+            "bus-cut" => bus_cut(&cli.bin_dir, cli.short).await?,
+            "postgres-restart" => postgres_restart(&cli.bin_dir, &cli.services_script, cli.short).await?,
+            "platform-faults" => platform_faults(&cli.bin_dir, cli.short).await?,
+            _ => leader_kill(&cli.bin_dir, cli.short).await?,
         };
-        eprintln!("fault-suite: {o:?}");
+        eprintln!("fault-suite: {o:?} ({:.0} s)", started.elapsed().as_secs_f64());
         outcomes.push(o);
     }
     println!(
@@ -368,6 +589,11 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             o.recover.as_secs_f64()
         );
     }
-    let bad = outcomes.iter().any(|o| o.lost > 0 || o.twice > 0);
+    for o in &outcomes {
+        if let Some(problem) = &o.problem {
+            println!("{}: {problem}", o.scenario);
+        }
+    }
+    let bad = outcomes.iter().any(|o| o.lost > 0 || o.twice > 0 || o.problem.is_some());
     Ok(if bad { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS })
 }

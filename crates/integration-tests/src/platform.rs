@@ -1,5 +1,5 @@
 //! A fake platform API speaking `shared/platform-api.md`: paged tenants and apps, a bearer
-//! token, and scripted faults (a status N times, a 429 with `Retry-After`). It records every
+//! token, and scripted faults (a status N times, a 429 with `Retry-After`, a broken body). It records every
 //! request so tests can check what the controller did.
 
 use axum::extract::{Path, Query, State};
@@ -17,7 +17,11 @@ use std::time::Instant;
 #[derive(Debug, Clone)]
 pub enum Fault {
     Status(u16),
-    TooManyRequests { retry_after: String },
+    TooManyRequests {
+        retry_after: String,
+    },
+    /// A 200 with this body as it is (malformed JSON, a page cut short).
+    Body(String),
 }
 
 /// A recorded request.
@@ -112,6 +116,7 @@ fn answer(
             Fault::TooManyRequests { retry_after } => {
                 (429, (StatusCode::TOO_MANY_REQUESTS, [("retry-after", retry_after)], "slow down").into_response())
             }
+            Fault::Body(body) => (200, (StatusCode::OK, [("content-type", "application/json")], body).into_response()),
         }
     } else {
         let pages = pages(&s);
