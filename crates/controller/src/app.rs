@@ -132,28 +132,33 @@ impl Application {
 
         let timer = Arc::new(Mutex::new(Timer::new(settings.placement.strategy)));
         let timer_changed = Arc::new(Notify::new());
-        // What outlives a leader's term: the admin API's view of the schedules and the run
-        // durations learned so far.
-        let (view, observed): (crate::admin_api::CatalogView, Arc<crate::durations::Observed>) = Default::default();
-        let schedule_api =
-            crate::admin_api::ScheduleApi { catalog: view.clone(), timer: timer.clone(), observed: observed.clone() };
-        let router = admin::router(AdminState { readiness: readiness.clone(), registry })
-            .merge(crate::admin_api::router(schedule_api));
-        let admin = admin.spawn(router);
-
-        // The state (watermark, last good catalog) before anything is scheduled; /readyz
-        // says what the controller waits for.
+        // The state (watermark, last good catalog, lease, pauses); opened below, once the
+        // admin server answers, and /readyz says what the controller waits for.
         let store: Arc<dyn StateStore> = if settings.state.url.expose().is_empty() {
             Arc::new(MemoryState::default())
         } else {
-            match PostgresState::new(&settings.state.url, &settings.state.schema) {
-                Ok(store) => Arc::new(store),
-                Err(e) => {
-                    admin.stop().await;
-                    anyhow::bail!("state.url: {e}");
-                }
-            }
+            Arc::new(PostgresState::new(&settings.state.url, &settings.state.schema).context("state.url")?)
         };
+        // What outlives a leader's term: the admin API's view of the schedules, the syncs'
+        // status, the pauses and the run durations learned so far.
+        let (view, observed): (crate::admin_api::CatalogView, Arc<crate::durations::Observed>) = Default::default();
+        let status: crate::sync::StatusView = Arc::default();
+        let pauses: Arc<crate::pauses::Pauses> = Arc::default();
+        let schedule_api = crate::admin_api::ScheduleApi {
+            catalog: view.clone(),
+            timer: timer.clone(),
+            observed: observed.clone(),
+            status: status.clone(),
+            pauses: pauses.clone(),
+            store: store.clone(),
+            sink: sink.clone(),
+            metrics: metrics.clone(),
+        };
+        let router = admin::router(AdminState { readiness: readiness.clone(), registry })
+            .merge(crate::admin_api::router(schedule_api))
+            .fallback(crate::admin_api::no_route);
+        let admin = admin.spawn(router);
+
         // One replica leads (publishes); the others wait for its lease. The watermark is
         // read once leading, after the previous leader's last save.
         let identity = service_kit::process_identity("controller");
@@ -185,7 +190,12 @@ impl Application {
                 timer_changed.clone(),
                 metrics.clone(),
             );
-            (syncer.view, syncer.observed) = (view.clone(), observed.clone());
+            (syncer.view, syncer.observed, syncer.status) = (view.clone(), observed.clone(), status.clone());
+            // Pauses taken while this replica was not leading (a standby answers the API too).
+            match store.pauses().await {
+                Ok(all) => pauses.replace(all),
+                Err(e) => break Err(e.into()),
+            }
             syncer.placement = settings.placement.clone();
             syncer.guard =
                 RemovalGuard::new(settings.catalog.max_removal_share, settings.catalog.removal_confirmations);
@@ -260,6 +270,7 @@ impl Application {
                 },
                 runs_rx,
                 progress.clone(),
+                pauses.clone(),
                 metrics.clone(),
                 work.clone(),
             );
@@ -268,6 +279,7 @@ impl Application {
                 done.cancel();
                 result
             });
+            tasks.spawn("pauses", refresh_pauses(store.clone(), pauses.clone(), work.clone()));
             let watermark_saved = CancellationToken::new();
             tasks.spawn(
                 "watermark",
@@ -400,6 +412,25 @@ async fn lead(
         tokio::select! {
             _ = stop.cancelled() => return Ok(false),
             _ = tokio::time::sleep((lease / 5).max(Duration::from_millis(500))) => {}
+        }
+    }
+}
+
+/// Re-reads the pauses every 5 s: a pause taken through another replica's API reaches the
+/// leader within that time.
+async fn refresh_pauses(
+    store: Arc<dyn StateStore>,
+    pauses: Arc<crate::pauses::Pauses>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        match store.pauses().await {
+            Ok(all) => pauses.replace(all),
+            Err(e) => tracing::warn!(error = %e, "cannot re-read the pauses; keeping the ones in force"),
         }
     }
 }
@@ -575,7 +606,7 @@ async fn run_sync(
                 tracing::error!(attempt, error = %e, "first catalog sync failed");
                 if attempt == 1
                     && let Some((raw, saved_at, n)) = startup.saved_catalog().await
-                    && let Ok((_, catalog)) = syncer.apply(raw).await
+                    && let Ok((_, catalog)) = syncer.apply(raw, "last_good_catalog").await
                 {
                     let detail = format!(
                         "running from the last good catalog saved at {saved_at} ({n} schedules); the platform did \

@@ -70,6 +70,8 @@ mod tests {
             finished_at: t + chrono::Duration::seconds(secs),
             error_class: None,
             error_message: None,
+            trigger: jobs_core::Trigger::Scheduled,
+            trace_id: None,
         }
     }
 

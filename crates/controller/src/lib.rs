@@ -10,6 +10,7 @@ pub mod catchup;
 pub mod durations;
 pub mod fairness;
 pub mod metrics;
+pub mod pauses;
 pub mod placement;
 pub mod plan;
 pub mod platform;

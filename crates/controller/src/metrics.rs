@@ -59,6 +59,12 @@ pub struct Metrics {
     pub catalog_held_back: Counter,
     /// Terms as leader that ended before shutdown (the lease could not be kept).
     pub leadership_lost: Counter,
+    /// Unix time of the last successful catalog sync.
+    pub catalog_last_sync: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Due runs let go because their tenant or schedule is paused.
+    pub runs_paused: Counter,
+    /// Runs published by hand (the admin API's trigger).
+    pub runs_triggered: Counter,
 }
 
 impl Metrics {
@@ -80,6 +86,9 @@ impl Metrics {
             watermark_lag_seconds: Gauge::default(),
             catalog_held_back: Counter::default(),
             leadership_lost: Counter::default(),
+            catalog_last_sync: Gauge::default(),
+            runs_paused: Counter::default(),
+            runs_triggered: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("controller");
         r.register(
@@ -126,6 +135,13 @@ impl Metrics {
             "Terms as leader that ended before shutdown: the lease could not be kept, back to standby",
             m.leadership_lost.clone(),
         );
+        r.register(
+            "catalog_last_sync_timestamp_seconds",
+            "Unix time of the last successful catalog sync",
+            m.catalog_last_sync.clone(),
+        );
+        r.register("runs_paused", "Due runs let go because their tenant or schedule is paused", m.runs_paused.clone());
+        r.register("runs_triggered", "Runs published by hand through the admin API", m.runs_triggered.clone());
         m
     }
 }

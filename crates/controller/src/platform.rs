@@ -221,14 +221,7 @@ fn without_url(e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    let mut text = kind.to_owned();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    service_kit::with_sources(kind, e)
 }
 
 /// Exponential backoff with full jitter: uniformly in `[d/2, d]` where `d` doubles each

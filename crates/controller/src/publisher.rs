@@ -1,30 +1,37 @@
 //! Publishes due runs as job messages. A failed publish is counted and retried with
-//! backoff until it succeeds or the controller stops; nothing is dropped silently.
+//! backoff until it succeeds or the controller stops; nothing is dropped silently. The runs
+//! of a paused tenant or schedule are counted and let go.
 
 use crate::metrics::Metrics;
 use crate::platform::backoff_with_jitter;
 use crate::timer::DueRun;
 use async_trait::async_trait;
 use chrono::Utc;
-use jobs_core::{JobId, JobMessage, Trigger};
+use jobs_core::{JobId, JobMessage, TraceParent, Trigger};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Where job messages go: the Pub/Sub jobs topic in production.
+/// Where job messages go: the Pub/Sub jobs topic in production. `trace` goes with the
+/// message as its `traceparent` attribute.
 #[async_trait]
 pub trait JobSink: Send + Sync + 'static {
-    async fn send(&self, job: &JobMessage) -> anyhow::Result<()>;
+    async fn send(&self, job: &JobMessage, trace: &TraceParent) -> anyhow::Result<()>;
 }
 
 #[async_trait]
 impl JobSink for pubsub_bus::TopicPublisher {
-    async fn send(&self, job: &JobMessage) -> anyhow::Result<()> {
-        self.publish(job.encode(), job.attributes()).await?;
+    async fn send(&self, job: &JobMessage, trace: &TraceParent) -> anyhow::Result<()> {
+        self.publish(job.encode(), job.attributes(Some(trace))).await?;
         Ok(())
     }
+}
+
+/// A new trace for one run: the controller's publish is its root span.
+pub fn new_trace() -> TraceParent {
+    TraceParent::new(fastrand::u128(..), fastrand::u64(..))
 }
 
 /// Builds the job message of a due run.
@@ -66,6 +73,7 @@ pub async fn run_publisher(
     settings: PublishSettings,
     mut runs: mpsc::Receiver<DueRun>,
     progress: Arc<crate::catchup::Progress>,
+    pauses: Arc<crate::pauses::Pauses>,
     metrics: Metrics,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -78,6 +86,7 @@ pub async fn run_publisher(
             _ = stop.cancelled() => break,
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             run = runs.recv(), if in_flight.len() < settings.max_in_flight => match run {
+                Some(run) if paused(&run, &pauses, &progress, &metrics) => {}
                 Some(run) => {
                     metrics.publish_queue.set(runs.len() as i64);
                     in_flight.spawn(publish_until_done(
@@ -93,12 +102,26 @@ pub async fn run_publisher(
             },
         }
     }
-    // Drain: stop taking runs, give in-flight publishes a bounded time to finish.
+    // Drain: the runs already handed over are published too, and every publish gets the
+    // drain timeout to finish.
     runs.close();
     let mut queued = 0u64;
     while let Ok(run) = runs.try_recv() {
-        queued += 1;
-        tracing::warn!(schedule = %run.schedule.key, nominal = %run.nominal, "due run not published at shutdown");
+        if !paused(&run, &pauses, &progress, &metrics) {
+            queued += 1;
+            let publish = publish_until_done(
+                sink.clone(),
+                run,
+                settings.clone(),
+                progress.clone(),
+                metrics.clone(),
+                retry_stop.clone(),
+            );
+            in_flight.spawn(publish);
+        }
+    }
+    if queued > 0 {
+        tracing::info!(runs = queued, "publishing the runs already due before stopping");
     }
     let drained = tokio::time::timeout(settings.drain_timeout, async {
         let mut failed = 0u64;
@@ -119,12 +142,29 @@ pub async fn run_publisher(
             n
         }
     };
-    let lost = queued + unfinished;
+    let lost = unfinished;
     metrics.runs_unpublished_at_shutdown.inc_by(lost);
     if lost > 0 {
         tracing::warn!(runs = lost, "runs not published at shutdown; a restart's catch-up replays them");
     }
     Ok(())
+}
+
+/// Lets `run` go when its tenant or schedule is paused (counted; the watermark moves past
+/// it); true if it did.
+fn paused(
+    run: &DueRun,
+    pauses: &crate::pauses::Pauses,
+    progress: &crate::catchup::Progress,
+    metrics: &Metrics,
+) -> bool {
+    if !pauses.holds(&run.schedule.key) {
+        return false;
+    }
+    progress.published(run.placed);
+    metrics.runs_paused.inc();
+    tracing::debug!(schedule = %run.schedule.key, nominal = %run.nominal, "run not published: paused");
+    true
 }
 
 async fn publish_until_done(
@@ -136,14 +176,21 @@ async fn publish_until_done(
     stop: CancellationToken,
 ) -> bool {
     let mut attempt = 0u32;
+    let trace = new_trace();
     loop {
         attempt += 1;
         let job = job_message(&run, Trigger::Scheduled);
-        match sink.send(&job).await {
+        match sink.send(&job, &trace).await {
             Ok(()) => {
                 progress.published(run.placed);
                 metrics.runs_published.inc();
-                tracing::debug!(job_id = %job.job_id, schedule = %run.schedule.key, nominal = %run.nominal, "run published");
+                tracing::debug!(
+                    job_id = %job.job_id,
+                    trace_id = %trace.trace_id_hex(),
+                    schedule = %run.schedule.key,
+                    nominal = %run.nominal,
+                    "run published"
+                );
                 return true;
             }
             Err(e) => {

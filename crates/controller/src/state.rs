@@ -1,15 +1,18 @@
 //! The controller's persistent state: the **watermark** (every run placed at or before it is
-//! confirmed published) and the **last good catalog** (in the catalog file's form). In
+//! confirmed published), the **last good catalog** (in the catalog file's form), the leader's
+//! lease and the **pauses**. In
 //! PostgreSQL (`state.url`, schema `state.schema`) in production; in memory — nothing survives
 //! a restart — when no database is configured (development, standalone).
 //!
 //! Migrations run at start-up in a transaction under an advisory lock; a schema newer than
 //! this build is refused.
 
+use crate::pauses::PauseKey;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use service_kit::Secret;
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -54,6 +57,10 @@ pub trait StateStore: Send + Sync + 'static {
     async fn save_watermark(&self, at: DateTime<Utc>) -> Result<(), StateError>;
     async fn catalog(&self) -> Result<Option<SavedCatalog>, StateError>;
     async fn save_catalog(&self, json: &[u8], schedules: usize) -> Result<(), StateError>;
+    /// Every pause in force, with when it was taken.
+    async fn pauses(&self) -> Result<BTreeMap<PauseKey, DateTime<Utc>>, StateError>;
+    /// Pauses `key` (`paused`) or resumes it; returns when it was paused, if it is.
+    async fn set_paused(&self, key: &PauseKey, paused: bool) -> Result<Option<DateTime<Utc>>, StateError>;
 }
 
 /// Nothing persisted: a restart starts from now and from the platform.
@@ -61,6 +68,7 @@ pub trait StateStore: Send + Sync + 'static {
 pub struct MemoryState {
     watermark: Mutex<Option<DateTime<Utc>>>,
     catalog: Mutex<Option<SavedCatalog>>,
+    pauses: Mutex<BTreeMap<PauseKey, DateTime<Utc>>>,
 }
 
 #[async_trait]
@@ -89,6 +97,18 @@ impl StateStore for MemoryState {
             Some(SavedCatalog { json: json.to_vec(), saved_at: Utc::now(), schedules: schedules as i64 });
         Ok(())
     }
+    async fn pauses(&self) -> Result<BTreeMap<PauseKey, DateTime<Utc>>, StateError> {
+        Ok(self.pauses.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+    async fn set_paused(&self, key: &PauseKey, paused: bool) -> Result<Option<DateTime<Utc>>, StateError> {
+        let mut pauses = self.pauses.lock().unwrap_or_else(|p| p.into_inner());
+        if paused {
+            Ok(Some(*pauses.entry(key.clone()).or_insert_with(Utc::now)))
+        } else {
+            pauses.remove(key);
+            Ok(None)
+        }
+    }
 }
 
 /// The migrations, in order. `{schema}` is the quoted schema.
@@ -111,6 +131,14 @@ pub const MIGRATIONS: &[&str] = &[
         holder text NOT NULL,
         expires_at timestamptz NOT NULL,
         acquired_at timestamptz NOT NULL DEFAULT now()
+    );",
+    // 3: pauses (a tenant: app_id and query_id empty).
+    "CREATE TABLE {schema}.pauses (
+        tenant_id text NOT NULL,
+        app_id text NOT NULL DEFAULT '',
+        query_id text NOT NULL DEFAULT '',
+        paused_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (tenant_id, app_id, query_id)
     );",
 ];
 
@@ -286,5 +314,51 @@ impl StateStore for PostgresState {
             .await
             .map_err(db("save the last good catalog"))?;
         Ok(())
+    }
+
+    async fn pauses(&self) -> Result<BTreeMap<PauseKey, DateTime<Utc>>, StateError> {
+        let rows = self
+            .client()
+            .await?
+            .query(&format!("SELECT tenant_id, app_id, query_id, paused_at FROM {}.pauses", self.schema), &[])
+            .await
+            .map_err(db("read the pauses"))?;
+        Ok(rows
+            .iter()
+            .map(|r| (PauseKey { tenant_id: r.get(0), app_id: r.get(1), query_id: r.get(2) }, r.get(3)))
+            .collect())
+    }
+
+    async fn set_paused(&self, key: &PauseKey, paused: bool) -> Result<Option<DateTime<Utc>>, StateError> {
+        let client = self.client().await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&key.tenant_id, &key.app_id, &key.query_id];
+        if paused {
+            // A second pause keeps the first one's time.
+            let row = client
+                .query_one(
+                    &format!(
+                        "INSERT INTO {s}.pauses (tenant_id, app_id, query_id) VALUES ($1, $2, $3)
+                         ON CONFLICT (tenant_id, app_id, query_id) DO UPDATE SET paused_at = {s}.pauses.paused_at
+                         RETURNING paused_at",
+                        s = self.schema
+                    ),
+                    &params,
+                )
+                .await
+                .map_err(db("save a pause"))?;
+            Ok(Some(row.get(0)))
+        } else {
+            client
+                .execute(
+                    &format!(
+                        "DELETE FROM {}.pauses WHERE tenant_id = $1 AND app_id = $2 AND query_id = $3",
+                        self.schema
+                    ),
+                    &params,
+                )
+                .await
+                .map_err(db("remove a pause"))?;
+            Ok(None)
+        }
     }
 }

@@ -5,10 +5,10 @@ use crate::catalog::{self, Catalog, CatalogPolicy, Problem, RawCatalog};
 use crate::metrics::{ItemLabels, Metrics, OutcomeLabels, ProblemLabels};
 use crate::platform::{self, PlatformClient, PlatformError};
 use crate::timer::{Diff, Timer};
-use chrono::Utc;
-use std::collections::BTreeSet;
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::Notify;
 
 /// Where the catalog documents come from.
@@ -49,6 +49,39 @@ pub enum SyncError {
     HeldBack { removed: usize, current: usize, seen: u32, needed: u32 },
 }
 
+/// What the catalog syncs did, for `GET /v1/catalog/status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CatalogStatus {
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// `ok`, `failed` or `held_back`.
+    pub last_outcome: Option<&'static str>,
+    /// Why the last sync failed or was held back.
+    pub last_error: Option<String>,
+    /// Where the schedules in force came from: `platform`, `file`, or `last_good_catalog`.
+    pub source: Option<&'static str>,
+    pub schedules: usize,
+    /// Items of the last applied catalog, by kind and outcome.
+    pub items: BTreeMap<&'static str, BTreeMap<&'static str, usize>>,
+    /// What the mass-deletion guard holds back, if anything.
+    pub held_back: Option<HeldBack>,
+    /// The items of the last applied catalog that were skipped as invalid.
+    #[serde(skip)]
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HeldBack {
+    pub would_remove: usize,
+    pub schedules_in_force: usize,
+    pub seen: u32,
+    pub needed: u32,
+    pub since: DateTime<Utc>,
+}
+
+/// Shared between the syncer and the admin API; outlives a leader's term.
+pub type StatusView = Arc<RwLock<CatalogStatus>>;
+
 /// The mass-deletion guard's settings and memory.
 #[derive(Debug, Clone, Default)]
 pub struct RemovalGuard {
@@ -78,6 +111,8 @@ pub struct Syncer {
     last_rebalance: Option<std::time::Instant>,
     /// Run durations learned from the result events.
     pub observed: Arc<crate::durations::Observed>,
+    /// What the syncs did, for the admin API.
+    pub status: StatusView,
     known_problems: BTreeSet<Problem>,
 }
 
@@ -100,6 +135,7 @@ impl Syncer {
             view: Arc::default(),
             last_rebalance: None,
             observed: Arc::default(),
+            status: Arc::default(),
             known_problems: BTreeSet::new(),
         }
     }
@@ -110,21 +146,39 @@ impl Syncer {
             Ok(raw) => raw,
             Err(e) => {
                 self.metrics.catalog_syncs.get_or_create(&OutcomeLabels { outcome: "failed" }).inc();
+                let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
+                (status.last_attempt_at, status.last_outcome) = (Some(Utc::now()), Some("failed"));
+                status.last_error = Some(e.to_string());
                 return Err(SyncError::Read(e));
             }
         };
-        self.apply(raw).await
+        let source = match self.source {
+            Source::Api(_) => "platform",
+            Source::File(_) => "file",
+        };
+        self.apply(raw, source).await
     }
 
     /// Validates `raw` and applies it, unless the mass-deletion guard holds it back.
-    pub async fn apply(&mut self, raw: RawCatalog) -> Result<(Diff, Catalog), SyncError> {
+    /// `source` says where it came from (`platform`, `file`, `last_good_catalog`).
+    pub async fn apply(&mut self, raw: RawCatalog, source: &'static str) -> Result<(Diff, Catalog), SyncError> {
         let started = std::time::Instant::now();
         let policy = self.policy.clone();
         let catalog = tokio::task::spawn_blocking(move || catalog::validate(raw, &policy))
             .await
             .map_err(|e| SyncError::Read(PlatformError::Token(format!("validation task failed: {e}"))))?;
         self.report_problems(&catalog);
-        self.guard_removals(&catalog)?;
+        if let Err(e) = self.guard_removals(&catalog) {
+            let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
+            (status.last_attempt_at, status.last_outcome) = (Some(Utc::now()), Some("held_back"));
+            status.last_error = Some(e.to_string());
+            if let SyncError::HeldBack { removed, current, seen, needed } = e {
+                let since = status.held_back.as_ref().map_or_else(Utc::now, |h| h.since);
+                status.held_back =
+                    Some(HeldBack { would_remove: removed, schedules_in_force: current, seen, needed, since });
+            }
+            return Err(e);
+        }
         let diff = {
             let mut timer = self.timer.lock().unwrap_or_else(|p| p.into_inner());
             let diff = timer.apply(&catalog.schedules, Utc::now());
@@ -135,11 +189,26 @@ impl Syncer {
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog.schedules.clone());
         self.observed.retain(|k| catalog.schedules.contains_key(k));
         self.metrics.catalog_syncs.get_or_create(&OutcomeLabels { outcome: "ok" }).inc();
+        let now = Utc::now();
+        self.metrics.catalog_last_sync.set(now.timestamp() as f64);
+        let mut items = BTreeMap::new();
         for (kind, o) in [("tenant", catalog.tenants), ("app", catalog.apps), ("query", catalog.queries)] {
             for (outcome, n) in [("scheduled", o.scheduled), ("skipped", o.skipped), ("inactive", o.inactive)] {
                 self.metrics.catalog_items.get_or_create(&ItemLabels { kind, outcome }).set(n as i64);
+                items.entry(kind).or_insert_with(BTreeMap::new).insert(outcome, n);
             }
         }
+        *self.status.write().unwrap_or_else(|p| p.into_inner()) = CatalogStatus {
+            last_attempt_at: Some(now),
+            last_success_at: Some(now),
+            last_outcome: Some("ok"),
+            last_error: None,
+            source: Some(source),
+            schedules: catalog.schedules.len(),
+            items,
+            held_back: None,
+            problems: catalog.problems.clone(),
+        };
         tracing::info!(
             schedules = catalog.schedules.len(),
             added = diff.added,

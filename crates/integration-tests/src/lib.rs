@@ -130,6 +130,14 @@ where
     }
 }
 
+/// POSTs (no body) to an admin endpoint and returns the status and body.
+pub async fn post(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let resp =
+        reqwest::Client::new().post(format!("http://{addr}{path}")).send().await.expect("admin endpoint answers");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
 /// GETs an admin endpoint and returns the status and body.
 pub async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let resp = reqwest::get(format!("http://{addr}{path}")).await.expect("admin endpoint answers");

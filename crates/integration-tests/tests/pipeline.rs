@@ -293,6 +293,8 @@ async fn a_resync_adds_changes_and_removes_schedules_without_a_restart() {
         finished_at: started + chrono::Duration::seconds(42),
         error_class: None,
         error_message: None,
+        trigger: jobs_core::Trigger::Scheduled,
+        trace_id: None,
     };
     results.publish(event.encode(), [("job_id", event.job_id.to_string())]).await.expect("publish result");
     results.publish(b"not a result".to_vec(), [("job_id", "x")]).await.expect("publish garbage");

@@ -86,7 +86,7 @@ fn job_at(query_id: &str, sql: &str, nominal: chrono::DateTime<Utc>) -> JobMessa
 }
 
 async fn publish(h: &Harness, job: &JobMessage) {
-    h.jobs.publish(job.encode(), job.attributes()).await.expect("publish");
+    h.jobs.publish(job.encode(), job.attributes(None)).await.expect("publish");
 }
 
 fn by_job_id<'a>(msgs: &'a [Received], id: &str) -> Option<&'a Received> {

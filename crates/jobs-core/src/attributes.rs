@@ -6,6 +6,10 @@ pub const APP_ID: &str = "app_id";
 pub const QUERY_ID: &str = "query_id";
 pub const JOB_ID: &str = "job_id";
 pub const SCHEMA_VERSION: &str = "schema_version";
+/// W3C `traceparent` of the run (see [`crate::TraceParent`]): the worker continues the trace.
+pub const TRACEPARENT: &str = "traceparent";
+/// `scheduled` or `manual`, as in the body: lets a subscriber filter manual runs.
+pub const TRIGGER: &str = "trigger";
 /// Set on dead-lettered messages: a stable reason code (`decode_error`, `permanent_error`,
 /// `attempts_exhausted`).
 pub const DEAD_LETTER_REASON: &str = "dead_letter_reason";

@@ -71,14 +71,23 @@ impl JobMessage {
     }
 
     /// The Pub/Sub attributes published with this message.
-    pub fn attributes(&self) -> [(&'static str, String); 5] {
+    pub fn attributes(&self, trace: Option<&crate::TraceParent>) -> Vec<(&'static str, String)> {
         use crate::attributes as a;
-        [
+        let trigger = match self.trigger {
+            Trigger::Scheduled => "scheduled",
+            Trigger::Manual => "manual",
+        };
+        let mut attributes = vec![
             (a::TENANT_ID, self.tenant_id.clone()),
             (a::APP_ID, self.app_id.clone()),
             (a::QUERY_ID, self.query_id.clone()),
             (a::JOB_ID, self.job_id.to_string()),
             (a::SCHEMA_VERSION, self.schema_version.clone()),
-        ]
+            (a::TRIGGER, trigger.to_owned()),
+        ];
+        if let Some(trace) = trace {
+            attributes.push((a::TRACEPARENT, trace.to_string()));
+        }
+        attributes
     }
 }

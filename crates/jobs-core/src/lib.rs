@@ -6,9 +6,11 @@ pub mod job;
 pub mod job_id;
 pub mod names;
 pub mod result;
+pub mod trace;
 pub mod version;
 
 pub use job::{JobMessage, Overlap, Trigger};
 pub use job_id::JobId;
 pub use result::{ErrorClass, ResultEvent, RunStatus};
+pub use trace::TraceParent;
 pub use version::DecodeError;

@@ -1,8 +1,8 @@
 //! Result event v1: what happened to one run, published by the worker to the results topic
 //! before it acks the job message.
 
-use crate::JobId;
 use crate::version::{DecodeError, decode_versioned};
+use crate::{JobId, Trigger};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -55,12 +55,20 @@ pub struct ResultEvent {
     pub error_class: Option<ErrorClass>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_message: Option<String>,
+    /// Why the run was published (1.1; absent in 1.0 events: scheduled).
+    #[serde(default)]
+    pub trigger: Trigger,
+    /// The W3C trace id (32 hex digits) of the run, from its message's `traceparent`
+    /// attribute (1.1; absent when the message carried none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl ResultEvent {
     pub const KIND: &'static str = "result event";
     pub const MAJOR: u32 = 1;
-    pub const SCHEMA_VERSION: &'static str = "1.0";
+    /// 1.1 added `trigger` and `trace_id`.
+    pub const SCHEMA_VERSION: &'static str = "1.1";
 
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         decode_versioned(body, Self::KIND, Self::MAJOR)

@@ -47,6 +47,8 @@ fn sample_result() -> ResultEvent {
         finished_at: t(10, 3, 19),
         error_class: Some(ErrorClass::Permanent),
         error_message: Some("relation \"sales\" does not exist".into()),
+        trigger: Trigger::Manual,
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
     }
 }
 
@@ -65,15 +67,23 @@ fn a_job_message_serializes_exactly_as_the_golden_file() {
 #[test]
 fn a_result_event_serializes_exactly_as_the_golden_file() {
     let encoded: serde_json::Value = serde_json::from_slice(&sample_result().encode()).expect("json");
-    assert_eq!(encoded, golden("result_v1.json"));
+    assert_eq!(encoded, golden("result_v1.1.json"));
 }
 
 #[test]
 fn the_golden_files_decode_back_to_the_same_values() {
     let job = JobMessage::decode(&serde_json::to_vec(&golden("job_v1.json")).expect("json")).expect("decode");
     assert_eq!(job, sample_job());
-    let result = ResultEvent::decode(&serde_json::to_vec(&golden("result_v1.json")).expect("json")).expect("decode");
+    let result = ResultEvent::decode(&serde_json::to_vec(&golden("result_v1.1.json")).expect("json")).expect("decode");
     assert_eq!(result, sample_result());
+}
+
+#[test]
+fn a_result_event_of_version_1_0_reads_as_scheduled_without_a_trace() {
+    let result = ResultEvent::decode(&serde_json::to_vec(&golden("result_v1.json")).expect("json")).expect("decode");
+    assert_eq!(result.schema_version, "1.0");
+    assert_eq!((result.trigger, result.trace_id), (Trigger::Scheduled, None));
+    assert_eq!(result.job_id, sample_result().job_id);
 }
 
 #[test]

@@ -232,16 +232,10 @@ impl CallError {
     }
 }
 
-/// A transport error with its cause chain (reqwest's top line alone says little).
+/// A transport error without its URL, with its causes (reqwest's own line says little).
 fn transport_error(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    let kind = if e.is_connect() { "connection failed" } else { "request failed" };
+    service_kit::with_sources(kind, e)
 }
 
 enum Command {
@@ -378,6 +372,7 @@ async fn send(
         let ids: Vec<String> = acks.iter().map(|(id, _)| id.clone()).collect();
         match puller.acknowledge(&ids).await {
             Ok(()) => {
+                tracing::debug!(ack_ids = ?ids, "acknowledged");
                 report.acked += ids.len() as u64;
                 acks.clear();
             }
@@ -392,7 +387,10 @@ async fn send(
     }
     if !nacks.is_empty() {
         match puller.modify_ack_deadline(nacks, 0).await {
-            Ok(()) => report.nacked += nacks.len() as u64,
+            Ok(()) => {
+                tracing::debug!(ack_ids = ?nacks, "handed back");
+                report.nacked += nacks.len() as u64
+            }
             // A nack that does not arrive is a redelivery after the deadline instead.
             Err(e) => tracing::warn!(error = %e, messages = nacks.len(), "cannot hand messages back"),
         }

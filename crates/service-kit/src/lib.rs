@@ -13,6 +13,20 @@ pub use admin::{AdminState, Readiness};
 pub use secret::Secret;
 pub use supervisor::Supervisor;
 
+/// `first`, then every source of `error` (not `error`'s own text), joined by ": ". For
+/// errors whose own text must not be shown — an HTTP client's names the URL, which may carry
+/// a page token — the caller says in `first` what happened instead.
+pub fn with_sources(first: &str, error: &dyn std::error::Error) -> String {
+    let mut text = first.to_owned();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// This process's identity in leases: the host (pod) name, the process id and a random
 /// suffix, so that a restarted process never mistakes its predecessor's leases for its own.
 pub fn process_identity(fallback_host: &str) -> String {

@@ -1,4 +1,8 @@
-//! Logs via `tracing`: readable text locally, one JSON object per line in production.
+//! Logs via `tracing`: readable text locally, one JSON object per line in production, with
+//! the fields Google Cloud Logging reads: `severity`, `message`, `time`, and — when
+//! `log.gcp_project` is set and the event or one of its spans carries a `trace_id` — the
+//! trace as `logging.googleapis.com/trace` (`projects/P/traces/T`), so that a run's log lines
+//! group under its trace.
 
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
@@ -18,11 +22,14 @@ pub struct LogSettings {
     /// An `EnvFilter` directive, e.g. `info` or `info,controller=debug`. `RUST_LOG` wins
     /// when set.
     pub level: String,
+    /// The Google Cloud project whose Cloud Trace the `trace_id` fields refer to (JSON logs
+    /// only); empty: no `logging.googleapis.com/trace` field.
+    pub gcp_project: String,
 }
 
 impl Default for LogSettings {
     fn default() -> Self {
-        LogSettings { format: LogFormat::Text, level: "info".into() }
+        LogSettings { format: LogFormat::Text, level: "info".into(), gcp_project: String::new() }
     }
 }
 
@@ -43,6 +50,84 @@ pub fn init(settings: &LogSettings) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match settings.format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(CloudJson { project: settings.gcp_project.clone() })
+            .init(),
+    }
+}
+
+/// One JSON object per event: `time`, `severity`, `message`, `target`, the event's fields
+/// and those of its spans (innermost wins), and the Cloud Logging trace when known.
+struct CloudJson {
+    project: String,
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for CloudJson
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut object = serde_json::Map::new();
+        // Span fields first (outermost to innermost), then the event's own.
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                if let Some(fields) = extensions.get::<tracing_subscriber::fmt::FormattedFields<N>>()
+                    && let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(fields)
+                {
+                    object.extend(map);
+                }
+            }
+        }
+        event.record(&mut JsonVisitor(&mut object));
+        let metadata = event.metadata();
+        let severity = match *metadata.level() {
+            tracing::Level::ERROR => "ERROR",
+            tracing::Level::WARN => "WARNING",
+            tracing::Level::INFO => "INFO",
+            _ => "DEBUG",
+        };
+        object.insert("severity".into(), severity.into());
+        object.insert("time".into(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true).into());
+        object.insert("target".into(), metadata.target().into());
+        if !self.project.is_empty()
+            && let Some(trace) = object.get("trace_id").and_then(|v| v.as_str()).filter(|t| !t.is_empty())
+        {
+            let trace = format!("projects/{}/traces/{trace}", self.project);
+            object.insert("logging.googleapis.com/trace".into(), trace.into());
+        }
+        let line = serde_json::to_string(&object).map_err(|_| std::fmt::Error)?;
+        writeln!(writer, "{line}")
+    }
+}
+
+/// Collects an event's fields into a JSON object (`message` as the event's text).
+struct JsonVisitor<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for JsonVisitor<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().into(), format!("{value:?}").into());
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
     }
 }

@@ -62,8 +62,8 @@ pub struct BusSink {
 
 #[async_trait]
 impl controller::publisher::JobSink for BusSink {
-    async fn send(&self, job: &JobMessage) -> anyhow::Result<()> {
-        let attributes = job.attributes().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    async fn send(&self, job: &JobMessage, trace: &jobs_core::TraceParent) -> anyhow::Result<()> {
+        let attributes = job.attributes(Some(trace)).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         self.tx
             .send(Delivery { data: job.encode(), attributes, attempt: 1 })
             .map_err(|_| anyhow::anyhow!("the in-process bus is closed"))?;

@@ -53,6 +53,7 @@ fn main() -> ExitCode {
     service_kit::telemetry::init(&service_kit::telemetry::LogSettings {
         format: service_kit::telemetry::LogFormat::Text,
         level: "info,tokio_cron_scheduler=warn".into(),
+        gcp_project: String::new(),
     });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

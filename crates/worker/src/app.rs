@@ -141,7 +141,9 @@ impl Application {
         let puller = connection.puller(&ps.jobs_subscription).context("cannot open the jobs subscription")?;
 
         // The admin server answers while the ledger is migrated (its /readyz says so).
-        let router = admin::router(AdminState { readiness: readiness.clone(), registry });
+        let router = admin::router(AdminState { readiness: readiness.clone(), registry })
+            .merge(crate::runs_api::router(ledger.clone()))
+            .fallback(crate::runs_api::no_route);
         let admin = admin.spawn(router);
         if let Err(e) = migrate(&ledger, &readiness, &shutdown).await {
             admin.stop().await;

@@ -78,6 +78,13 @@ pub async fn run_consumer(
         idle_wait = IDLE_WAIT.0;
         // Pub/Sub never hands over more than asked; the zip only guards that.
         for (message, permit) in messages.into_iter().zip(slots) {
+            tracing::debug!(
+                message_id = %message.message_id,
+                ack_id = %message.ack_id,
+                job_id = message.attributes.get(jobs_core::attributes::JOB_ID).map(String::as_str).unwrap_or(""),
+                delivery_attempt = message.delivery_attempt,
+                "pulled"
+            );
             let lease = keeper.hold(&message);
             let runner = runner.clone();
             let metrics = metrics.clone();

@@ -9,6 +9,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod params;
 pub mod runner;
+pub mod runs_api;
 pub mod settings;
 
 pub use app::Application;

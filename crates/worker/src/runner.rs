@@ -7,10 +7,11 @@ use crate::ledger::{Claim, Ledger, Outcome};
 use crate::metrics::{EngineLabels, Metrics, OutcomeLabels};
 use async_trait::async_trait;
 use chrono::Utc;
-use jobs_core::{ErrorClass, JobMessage, ResultEvent, RunStatus, attributes as attr};
+use jobs_core::{ErrorClass, JobMessage, ResultEvent, RunStatus, TraceParent, attributes as attr};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Where the worker's outputs go: the results and dead-letter topics in production.
 #[async_trait]
@@ -69,6 +70,24 @@ impl Runner {
     /// Handles one delivery. `delivery` is Pub/Sub's delivery attempt (1 for the first);
     /// the attempts that count against `max_attempts` are the runs the ledger saw start.
     pub async fn handle(&self, data: &[u8], attributes: &HashMap<String, String>, delivery: u32) -> Disposition {
+        // The run continues the controller's trace (W3C traceparent in the attributes).
+        let trace = attributes.get(attr::TRACEPARENT).and_then(|v| TraceParent::parse(v));
+        let trace_id = trace.map(|t| t.trace_id_hex());
+        let span = tracing::info_span!(
+            "run",
+            job_id = attributes.get(attr::JOB_ID).map(String::as_str).unwrap_or(""),
+            trace_id = trace_id.as_deref().unwrap_or(""),
+        );
+        self.handle_traced(data, attributes, delivery, trace_id.as_deref()).instrument(span).await
+    }
+
+    async fn handle_traced(
+        &self,
+        data: &[u8],
+        attributes: &HashMap<String, String>,
+        delivery: u32,
+        trace_id: Option<&str>,
+    ) -> Disposition {
         let attempt = delivery;
         let job = match JobMessage::decode(data) {
             Ok(job) => job,
@@ -83,7 +102,7 @@ impl Runner {
                 return self.dead_letter(data, attributes, "decode_error", &e.to_string(), attempt).await;
             }
         };
-        let attempt = match self.claim(&job, delivery).await {
+        let attempt = match self.claim(&job, delivery, trace_id).await {
             Ok(attempt) => attempt,
             Err(disposition) => return disposition,
         };
@@ -102,7 +121,7 @@ impl Runner {
             rows_written,
             error_class: error.map(|e| e.class),
             error_message: error.map(|e| e.message.clone()),
-            ..result_event(&job, status, attempt, started_at, finished_at)
+            ..result_event(&job, trace_id, status, attempt, started_at, finished_at)
         };
         match result {
             Ok(output) => {
@@ -166,7 +185,7 @@ impl Runner {
     }
 
     /// Claims the job in the ledger: `Ok(attempt)` to run it, else what to tell the bus.
-    async fn claim(&self, job: &JobMessage, delivery: u32) -> Result<u32, Disposition> {
+    async fn claim(&self, job: &JobMessage, delivery: u32, trace_id: Option<&str>) -> Result<u32, Disposition> {
         let l = &self.ledger;
         let claim = match l.ledger.claim(job, &l.worker, l.lease).await {
             Ok(claim) => claim,
@@ -207,17 +226,23 @@ impl Runner {
                 );
                 Err(Disposition::Nack)
             }
-            Claim::PreviousRunning { previous } => Err(self.skip(job, &previous, delivery).await),
+            Claim::PreviousRunning { previous } => Err(self.skip(job, trace_id, &previous, delivery).await),
         }
     }
 
     /// Overlap `skip`: a result event says the run was skipped and why, then the ledger.
-    async fn skip(&self, job: &JobMessage, previous: &jobs_core::JobId, delivery: u32) -> Disposition {
+    async fn skip(
+        &self,
+        job: &JobMessage,
+        trace_id: Option<&str>,
+        previous: &jobs_core::JobId,
+        delivery: u32,
+    ) -> Disposition {
         let reason = format!("skipped: the previous run {previous} of this schedule is still running (overlap: skip)");
         let now = Utc::now();
         let event = ResultEvent {
             error_message: Some(reason.clone()),
-            ..result_event(job, RunStatus::Skipped, delivery, now, now)
+            ..result_event(job, trace_id, RunStatus::Skipped, delivery, now, now)
         };
         if let Err(e) = self.outputs.publish_result(&event).await {
             return self.output_failed(job, "result", e);
@@ -312,6 +337,7 @@ impl Runner {
 /// The result event of `job` with no rows and no error; callers fill in the rest.
 fn result_event(
     job: &JobMessage,
+    trace_id: Option<&str>,
     status: RunStatus,
     attempt: u32,
     started_at: chrono::DateTime<Utc>,
@@ -331,6 +357,8 @@ fn result_event(
         finished_at,
         error_class: None,
         error_message: None,
+        trigger: job.trigger,
+        trace_id: trace_id.map(str::to_owned),
     }
 }
 

@@ -12,6 +12,7 @@
 
 use super::{Claim, Ledger, LedgerError, Outcome};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use jobs_core::{JobId, JobMessage, Overlap};
 use service_kit::Secret;
@@ -41,6 +42,8 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX runs_running_by_schedule ON {schema}.runs (tenant_id, app_id, query_id, nominal_time)
         WHERE state = 'running';
     CREATE INDEX runs_by_tenant_recent ON {schema}.runs (tenant_id, updated_at DESC);",
+    // 2: run history across tenants, newest first (`GET /v1/runs`).
+    "CREATE INDEX runs_recent ON {schema}.runs (updated_at DESC, job_id DESC);",
 ];
 
 /// The schema version this build knows.
@@ -64,6 +67,74 @@ impl PostgresLedger {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, LedgerError> {
         self.pool.get().await.map_err(|e| LedgerError(format!("cannot get a connection: {e}")))
+    }
+
+    /// Runs matching `filter`, most recently updated first, at most `filter.limit`; the
+    /// cursor of the last one when there may be more.
+    pub async fn list(&self, filter: &RunFilter) -> Result<(Vec<RunRecord>, Option<Cursor>), LedgerError> {
+        let mut clauses: Vec<String> = Vec::new();
+        let mut params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = Vec::new();
+        let mut bind = |clause: &str, value: Box<dyn tokio_postgres::types::ToSql + Sync + Send>| {
+            params.push(value);
+            clauses.push(clause.replace('?', &format!("${}", params.len())));
+        };
+        if let Some(v) = &filter.tenant_id {
+            bind("tenant_id = ?", Box::new(v.clone()));
+        }
+        if let Some(v) = &filter.app_id {
+            bind("app_id = ?", Box::new(v.clone()));
+        }
+        if let Some(v) = &filter.query_id {
+            bind("query_id = ?", Box::new(v.clone()));
+        }
+        if let Some(v) = &filter.status {
+            bind("state = ?", Box::new(v.clone()));
+        }
+        if let Some(v) = filter.since {
+            bind("updated_at >= ?", Box::new(v));
+        }
+        if let Some(c) = &filter.after {
+            // Keyset: strictly older than the last row of the previous page.
+            params.push(Box::new(c.updated_at));
+            params.push(Box::new(c.job_id.clone()));
+            clauses.push(format!("(updated_at, job_id) < (${}, ${})", params.len() - 1, params.len()));
+        }
+        let filter_sql = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
+        let sql = format!(
+            "SELECT job_id, tenant_id, app_id, query_id, nominal_time, state, attempts, lease_owner, lease_expires_at,
+                    started_at, finished_at, rows_written, error_class, error_message, updated_at
+             FROM {}.runs {filter_sql} ORDER BY updated_at DESC, job_id DESC LIMIT {}",
+            self.schema,
+            filter.limit + 1
+        );
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+        let rows = self.client().await?.query(&sql, &refs).await.map_err(err("list runs"))?;
+        let mut runs: Vec<RunRecord> = rows
+            .iter()
+            .map(|r| RunRecord {
+                job_id: r.get(0),
+                tenant_id: r.get(1),
+                app_id: r.get(2),
+                query_id: r.get(3),
+                nominal_time: r.get(4),
+                status: r.get(5),
+                attempts: r.get::<_, i32>(6) as u32,
+                lease_owner: r.get(7),
+                lease_expires_at: r.get(8),
+                started_at: r.get(9),
+                finished_at: r.get(10),
+                rows_written: r.get::<_, Option<i64>>(11).map(|n| n.max(0) as u64),
+                error_class: r.get(12),
+                error_message: r.get(13),
+                updated_at: r.get(14),
+            })
+            .collect();
+        let more = runs.len() > filter.limit;
+        runs.truncate(filter.limit);
+        let cursor =
+            more.then(|| runs.last().map(|r| Cursor { updated_at: r.updated_at, job_id: r.job_id.clone() })).flatten();
+        Ok((runs, cursor))
     }
 
     /// Applies the missing migrations; refuses a schema newer than [`SCHEMA_VERSION`].
@@ -113,6 +184,48 @@ impl PostgresLedger {
         tx.commit().await.map_err(err("commit the migrations"))?;
         Ok((before, SCHEMA_VERSION))
     }
+}
+
+/// What `GET /v1/runs` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub tenant_id: Option<String>,
+    pub app_id: Option<String>,
+    pub query_id: Option<String>,
+    /// `running`, `succeeded`, `failed` or `skipped`.
+    pub status: Option<String>,
+    /// Runs updated at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    pub limit: usize,
+    /// The page after this one.
+    pub after: Option<Cursor>,
+}
+
+/// Where a page ended: the last row's update time and job id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cursor {
+    pub updated_at: DateTime<Utc>,
+    pub job_id: String,
+}
+
+/// One row of the ledger as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunRecord {
+    pub job_id: String,
+    pub tenant_id: String,
+    pub app_id: String,
+    pub query_id: String,
+    pub nominal_time: DateTime<Utc>,
+    pub status: String,
+    pub attempts: u32,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub rows_written: Option<u64>,
+    pub error_class: Option<String>,
+    pub error_message: Option<String>,
+    pub updated_at: DateTime<Utc>,
 }
 
 /// Why the migrations did not run.
