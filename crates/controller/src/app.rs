@@ -587,6 +587,14 @@ async fn run_sync(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = syncer.metrics.clone();
+    // A fresh start has no schedules in force to compare the platform's first answer with:
+    // the mass-deletion guard compares it with the last good catalog instead.
+    if syncer.view.read().unwrap_or_else(|p| p.into_inner()).is_empty()
+        && let Ok(Some(saved)) = startup.store.catalog().await
+        && let Some(n) = syncer.guard.set_baseline(&saved.json)
+    {
+        tracing::info!(schedules = n, saved_at = %saved.saved_at, "mass-deletion guard: comparing the first answer with the last good catalog");
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;

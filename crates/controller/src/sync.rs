@@ -89,12 +89,56 @@ pub struct RemovalGuard {
     pub confirmations: u32,
     /// The held-back answer (a fingerprint of its schedule keys) and how often it came.
     held: Option<(u64, u32)>,
+    /// Before the first catalog is applied: the schedule keys (hashed) of the last good
+    /// catalog, so that a fresh start compares the platform's answer with them.
+    baseline: Option<std::collections::HashSet<u64>>,
 }
 
 impl RemovalGuard {
     pub fn new(max_share: f64, confirmations: u32) -> Self {
-        RemovalGuard { max_share, confirmations, held: None }
+        RemovalGuard { max_share, confirmations, held: None, baseline: None }
     }
+
+    /// Takes the schedule keys of a saved catalog (the catalog file's JSON) as the schedules
+    /// in force until the first catalog is applied. Unreadable JSON leaves no baseline.
+    pub fn set_baseline(&mut self, catalog_file_json: &[u8]) -> Option<usize> {
+        #[derive(serde::Deserialize)]
+        struct File {
+            tenants: Vec<Tenant>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Tenant {
+            id: String,
+            #[serde(default)]
+            apps: Vec<App>,
+        }
+        #[derive(serde::Deserialize)]
+        struct App {
+            id: String,
+            #[serde(default)]
+            queries: Vec<Query>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Query {
+            id: String,
+        }
+        let file: File = serde_json::from_slice(catalog_file_json).ok()?;
+        let keys: std::collections::HashSet<u64> = file
+            .tenants
+            .iter()
+            .flat_map(|t| t.apps.iter().flat_map(move |a| a.queries.iter().map(move |q| key_hash(&t.id, &a.id, &q.id))))
+            .collect();
+        let n = keys.len();
+        self.baseline = Some(keys);
+        Some(n)
+    }
+}
+
+fn key_hash(tenant: &str, app: &str, query: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (tenant, app, query).hash(&mut h);
+    h.finish()
 }
 
 pub struct Syncer {
@@ -187,6 +231,7 @@ impl Syncer {
         };
         self.timer_changed.notify_one();
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog.schedules.clone());
+        self.guard.baseline = None;
         self.observed.retain(|k| catalog.schedules.contains_key(k));
         self.metrics.catalog_syncs.get_or_create(&OutcomeLabels { outcome: "ok" }).inc();
         let now = Utc::now();
@@ -282,9 +327,16 @@ impl Syncer {
     /// Holds back a catalog that would remove more than the guard's share of the schedules
     /// in force, until the same answer has come `confirmations` times in a row.
     fn guard_removals(&mut self, catalog: &Catalog) -> Result<(), SyncError> {
-        let current = self.view.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let removed = current.keys().filter(|k| !catalog.schedules.contains_key(*k)).count();
-        let share = if current.is_empty() { 0.0 } else { removed as f64 / current.len() as f64 };
+        let view = self.view.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let (removed, in_force) = match &self.guard.baseline {
+            Some(baseline) if view.is_empty() => {
+                let new: std::collections::HashSet<u64> =
+                    catalog.schedules.keys().map(|k| key_hash(&k.tenant_id, &k.app_id, &k.query_id)).collect();
+                (baseline.iter().filter(|h| !new.contains(h)).count(), baseline.len())
+            }
+            _ => (view.keys().filter(|k| !catalog.schedules.contains_key(*k)).count(), view.len()),
+        };
+        let share = if in_force == 0 { 0.0 } else { removed as f64 / in_force as f64 };
         if share <= self.guard.max_share || self.guard.confirmations <= 1 {
             self.guard.held = None;
             return Ok(());
@@ -303,21 +355,16 @@ impl Syncer {
             _ => 1,
         };
         if seen >= self.guard.confirmations {
-            tracing::warn!(
-                removed,
-                current = current.len(),
-                seen,
-                "applying a large removal confirmed by repeated answers"
-            );
+            tracing::warn!(removed, current = in_force, seen, "applying a large removal confirmed by repeated answers");
             self.guard.held = None;
             return Ok(());
         }
         self.guard.held = Some((fingerprint, seen));
         self.metrics.catalog_held_back.inc();
-        let e = SyncError::HeldBack { removed, current: current.len(), seen, needed: self.guard.confirmations };
+        let e = SyncError::HeldBack { removed, current: in_force, seen, needed: self.guard.confirmations };
         tracing::warn!(
             removed,
-            current = current.len(),
+            current = in_force,
             seen,
             needed = self.guard.confirmations,
             "catalog sync held back: {e}"

@@ -196,6 +196,53 @@ async fn a_catalog_that_removes_most_schedules_is_held_back_until_confirmed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fresh_start_holds_back_a_first_answer_that_removes_most_of_the_last_good_catalog() {
+    integration_tests::init_logs();
+    let (project, jobs) = (unique("proj"), unique("jobs"));
+    let db = TestDb::create().await;
+    let file = catalog_file();
+    let ten: Vec<(String, &str)> = (0..10).map(|i| (format!("q{i}"), "0 0 1 1 *")).collect();
+    let refs: Vec<(&str, &str)> = ten.iter().map(|(q, c)| (q.as_str(), *c)).collect();
+    write_catalog(&file, &refs);
+    let first = Controller::start(settings(&project, &jobs, &file, &db)).await;
+    first.ready().await;
+    // The last good catalog is saved after the first sync.
+    eventually(Duration::from_secs(10), || async {
+        let n: Option<i64> = db
+            .client
+            .query_opt("SELECT schedules FROM sqo_controller.last_good_catalog", &[])
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get(0));
+        (n == Some(10)).then_some(())
+    })
+    .await
+    .expect("last good catalog saved");
+    first.stop().await;
+
+    // While it is down the platform starts answering with 1 of the 10. The restarted
+    // controller starts from the last good catalog and holds the answer back until confirmed.
+    write_catalog(&file, &refs[..1]);
+    let second = Controller::start(settings(&project, &jobs, &file, &db)).await;
+    second.ready().await;
+    let count = |body: String| {
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["schedules"].as_array().map_or(0, Vec::len)
+    };
+    assert_eq!(count(get(second.admin, "/v1/tenants/acme/schedules").await.1), 10, "the last good catalog is in force");
+    let status: serde_json::Value =
+        serde_json::from_str(&get(second.admin, "/v1/catalog/status").await.1).expect("json");
+    assert_eq!(status["source"], "last_good_catalog", "{status}");
+    eventually(Duration::from_secs(15), || async {
+        (count(get(second.admin, "/v1/tenants/acme/schedules").await.1) == 1).then_some(())
+    })
+    .await
+    .expect("applied once confirmed");
+    assert!(metric(&second.metrics().await, "controller_catalog_held_back_total").is_some_and(|n| n >= 2.0));
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_standby_takes_over_when_the_leader_stops_and_no_run_is_lost() {
     integration_tests::init_logs();
     let (project, jobs) = (unique("proj"), unique("jobs"));
