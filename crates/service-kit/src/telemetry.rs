@@ -131,3 +131,68 @@ impl tracing::field::Visit for JsonVisitor<'_> {
         self.0.insert(field.name().into(), value.into());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The JSON lines written while `f` runs under the Cloud Logging format.
+    fn lines(project: &str, f: impl FnOnce()) -> Vec<serde_json::Value> {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(CloudJson { project: project.into() })
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(buffer.0.lock().unwrap_or_else(|p| p.into_inner()).clone()).expect("utf-8");
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+    }
+
+    #[test]
+    fn lines_carry_severity_message_span_fields_and_the_cloud_trace() {
+        let got = lines("my-project", || {
+            let span = tracing::info_span!("run", job_id = "j1", trace_id = "4bf92f3577b34da6a3ce929d0e0e4736");
+            let _entered = span.enter();
+            tracing::warn!(rows = 3, "run succeeded");
+        });
+        assert_eq!(got.len(), 1);
+        let line = &got[0];
+        assert_eq!(line["severity"], "WARNING");
+        assert_eq!(line["message"], "run succeeded");
+        assert_eq!(line["rows"], 3);
+        assert_eq!(line["job_id"], "j1");
+        assert_eq!(line["logging.googleapis.com/trace"], "projects/my-project/traces/4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(line["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+    }
+
+    #[test]
+    fn without_a_project_or_a_trace_there_is_no_trace_field() {
+        let got = lines("", || {
+            let span = tracing::info_span!("run", trace_id = "4bf92f3577b34da6a3ce929d0e0e4736");
+            let _entered = span.enter();
+            tracing::error!("boom");
+        });
+        assert_eq!(got[0]["severity"], "ERROR");
+        assert!(got[0].get("logging.googleapis.com/trace").is_none());
+        let got = lines("my-project", || tracing::info!("no trace here"));
+        assert_eq!(got[0]["severity"], "INFO");
+        assert!(got[0].get("logging.googleapis.com/trace").is_none());
+    }
+}
