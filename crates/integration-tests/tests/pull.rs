@@ -17,8 +17,7 @@ async fn subscription() -> (pubsub_bus::TopicPublisher, Puller) {
     spec.max_backoff = Duration::from_secs(1);
     bus.ensure_subscription(&spec).await.expect("subscription");
     let publisher = bus.publisher(&topic, Duration::from_secs(10)).await.expect("publisher");
-    // A short pull wait: the emulator holds an empty pull open until a message arrives.
-    (publisher, bus.puller(&spec.name).expect("puller").with_wait(Duration::from_secs(1)))
+    (publisher, bus.puller(&spec.name).expect("puller"))
 }
 
 /// Pulls until `want` messages arrived or `limit` passed.

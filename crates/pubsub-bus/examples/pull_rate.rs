@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
         for r in futures::future::join_all(sends).await {
             r?;
         }
-        let puller = bus.puller(&spec.name)?.with_wait(Duration::from_secs(2));
+        let puller = bus.puller(&spec.name)?;
         let settings = LeaseSettings {
             ack_deadline: Duration::from_secs(60),
             max_lease: Duration::from_secs(600),

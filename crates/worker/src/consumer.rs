@@ -20,8 +20,8 @@ pub struct ConsumerSettings {
     pub lease: LeaseSettings,
 }
 
-/// Waits between pulls that found nothing (the emulator answers an empty pull at once; real
-/// Pub/Sub holds it open until messages arrive).
+/// Waits between pulls that found nothing (a pull answers at once: see
+/// [`pubsub_bus::pull::Puller::pull`]).
 const IDLE_WAIT: (Duration, Duration) = (Duration::from_millis(50), Duration::from_millis(500));
 /// Waits after a failed pull (the bus unreachable).
 const FAILURE_WAIT: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(15));
