@@ -15,7 +15,7 @@
 use crate::catalog::{Problem, Schedule, ScheduleKey};
 use crate::metrics::Metrics;
 use crate::pauses::{PauseKey, Pauses};
-use crate::publisher::{JobSink, job_message, new_trace};
+use crate::publisher::{JobSink, job_message, trace_of};
 use crate::state::StateStore;
 use crate::sync::StatusView;
 use crate::timer::{DueRun, Timer};
@@ -30,6 +30,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
+use tracing::Instrument;
 
 /// The schedules in force, as the last successful sync left them.
 pub type CatalogView = Arc<RwLock<Arc<BTreeMap<ScheduleKey, Arc<Schedule>>>>>;
@@ -150,8 +151,9 @@ impl ScheduleApi {
         let window_start = s.cadence.prev_before(now).unwrap_or(now);
         let run = DueRun { schedule: s, nominal: now, placed: now, window_start };
         let job = job_message(&run, Trigger::Manual);
-        let trace = new_trace();
-        match self.sink.send(&job, &trace).await {
+        let span = tracing::info_span!("trigger run", schedule = %run.schedule.key, job_id = %job.job_id);
+        let trace = trace_of(&span);
+        match self.sink.send(&job, &trace).instrument(span).await {
             Ok(()) => {
                 self.metrics.runs_triggered.inc();
                 tracing::info!(

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Where job messages go: the Pub/Sub jobs topic in production. `trace` goes with the
 /// message as its `traceparent` attribute.
@@ -29,9 +30,13 @@ impl JobSink for pubsub_bus::TopicPublisher {
     }
 }
 
-/// A new trace for one run: the controller's publish is its root span.
-pub fn new_trace() -> TraceParent {
-    TraceParent::new(fastrand::u128(..), fastrand::u64(..))
+/// The trace of a run published inside `span`: the span's own ids when spans are exported
+/// (so the worker's span joins it), else new random ids.
+pub fn trace_of(span: &tracing::Span) -> TraceParent {
+    match service_kit::telemetry::span_trace(span) {
+        Some((trace_id, span_id)) => TraceParent::new(trace_id, span_id),
+        None => TraceParent::new(fastrand::u128(..), fastrand::u64(..)),
+    }
 }
 
 /// Builds the job message of a due run.
@@ -175,8 +180,21 @@ async fn publish_until_done(
     metrics: Metrics,
     stop: CancellationToken,
 ) -> bool {
+    let span = tracing::info_span!("publish run", schedule = %run.schedule.key, nominal = %run.nominal);
+    let trace = trace_of(&span);
+    publish_with_retries(sink, run, trace, settings, progress, metrics, stop).instrument(span).await
+}
+
+async fn publish_with_retries(
+    sink: Arc<dyn JobSink>,
+    run: DueRun,
+    trace: TraceParent,
+    settings: PublishSettings,
+    progress: Arc<crate::catchup::Progress>,
+    metrics: Metrics,
+    stop: CancellationToken,
+) -> bool {
     let mut attempt = 0u32;
-    let trace = new_trace();
     loop {
         attempt += 1;
         let job = job_message(&run, Trigger::Scheduled);

@@ -49,7 +49,7 @@ where
         }
         return ExitCode::from(2);
     }
-    telemetry::init(log(&settings));
+    let _telemetry = telemetry::init_with_export(log(&settings), service, &env);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -2,9 +2,11 @@
 //! the fields Google Cloud Logging reads: `severity`, `message`, `time`, and — when
 //! `log.gcp_project` is set and the event or one of its spans carries a `trace_id` — the
 //! trace as `logging.googleapis.com/trace` (`projects/P/traces/T`), so that a run's log lines
-//! group under its trace.
+//! group under its trace. Spans are exported over OTLP/HTTP when the standard
+//! `OTEL_EXPORTER_OTLP_*` variables say where; otherwise nothing is exported.
 
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -42,19 +44,126 @@ impl LogSettings {
     }
 }
 
-/// Installs the global subscriber. Call once, from `main`.
+/// Installs the global subscriber without span export (the standalone mode). Call once.
 pub fn init(settings: &LogSettings) {
+    let _ = init_with_export(settings, "sqo", &HashMap::new());
+}
+
+/// Span export, when on: keeps the exporter alive and flushes it when dropped (at exit).
+#[must_use = "dropping it stops and flushes the span export"]
+pub struct Telemetry {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    pub fn exports_spans(&self) -> bool {
+        self.provider.is_some()
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("span export: cannot flush at exit: {e}");
+        }
+    }
+}
+
+/// Whether `env` turns span export on: the standard `OTEL_EXPORTER_OTLP_ENDPOINT` or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set, and neither `OTEL_TRACES_EXPORTER=none` nor
+/// `OTEL_SDK_DISABLED=true` says otherwise.
+pub fn span_export_wanted(env: &HashMap<String, String>) -> bool {
+    let set = |k: &str| env.get(k).is_some_and(|v| !v.trim().is_empty());
+    (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        && env.get("OTEL_TRACES_EXPORTER").is_none_or(|v| v.trim() != "none")
+        && env.get("OTEL_SDK_DISABLED").is_none_or(|v| !v.trim().eq_ignore_ascii_case("true"))
+}
+
+/// Installs the global subscriber: logs as configured, and — when `env` asks for it (see
+/// [`span_export_wanted`]) — every span exported over OTLP/HTTP (protobuf) to
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces`,
+/// as `service` (the exporter reads headers and timeout from the other standard variables). With export off nothing is exported. Call once, from `main`.
+pub fn init_with_export(settings: &LogSettings, service: &str, env: &HashMap<String, String>) -> Telemetry {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let mut problem = None;
+    let provider = if span_export_wanted(env) {
+        use opentelemetry_otlp::WithExportConfig;
+        let get = |k: &str| env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let endpoint = match (get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), get("OTEL_EXPORTER_OTLP_ENDPOINT")) {
+            (Some(traces), _) => traces.to_owned(),
+            (None, Some(base)) => format!("{}/v1/traces", base.trim_end_matches('/')),
+            (None, None) => String::new(),
+        };
+        match opentelemetry_otlp::SpanExporter::builder().with_http().with_endpoint(endpoint).build() {
+            Ok(exporter) => Some(
+                opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(
+                        opentelemetry_sdk::Resource::builder_empty().with_service_name(service.to_owned()).build(),
+                    )
+                    .build(),
+            ),
+            Err(e) => {
+                problem = Some(e.to_string());
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let otel = provider.as_ref().map(|p| {
+        use opentelemetry::trace::TracerProvider;
+        tracing_opentelemetry::layer().with_tracer(p.tracer(service.to_owned()))
+    });
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match settings.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
-            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-            .event_format(CloudJson { project: settings.gcp_project.clone() })
+        LogFormat::Text => registry.with(fmt).init(),
+        LogFormat::Json => registry
+            .with(
+                fmt.fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .event_format(CloudJson { project: settings.gcp_project.clone() }),
+            )
             .init(),
     }
+    match (&provider, problem) {
+        (Some(_), _) => tracing::info!(service, "spans exported over OTLP (OTEL_EXPORTER_OTLP_*)"),
+        (None, Some(e)) => tracing::error!(error = %e, "span export asked for but not possible; no spans exported"),
+        (None, None) => {}
+    }
+    Telemetry { provider }
+}
+
+/// The trace and span id of `span` when spans are exported (its OpenTelemetry context);
+/// `None` when they are not.
+pub fn span_trace(span: &tracing::Span) -> Option<(u128, u64)> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| (u128::from_be_bytes(sc.trace_id().to_bytes()), u64::from_be_bytes(sc.span_id().to_bytes())))
+}
+
+/// Makes `span` the child of a remote span (a W3C `traceparent`'s ids), so that exported
+/// spans of both services form one trace. Without span export it does nothing.
+pub fn set_remote_parent(span: &tracing::Span, trace_id: u128, span_id: u64, sampled: bool) {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let flags = if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+    let remote = SpanContext::new(
+        TraceId::from_bytes(trace_id.to_be_bytes()),
+        SpanId::from_bytes(span_id.to_be_bytes()),
+        flags,
+        true,
+        TraceState::default(),
+    );
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
 }
 
 /// One JSON object per event: `time`, `severity`, `message`, `target`, the event's fields
@@ -163,6 +272,21 @@ mod tests {
         tracing::subscriber::with_default(subscriber, f);
         let text = String::from_utf8(buffer.0.lock().unwrap_or_else(|p| p.into_inner()).clone()).expect("utf-8");
         text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+    }
+
+    #[test]
+    fn span_export_follows_the_standard_variables() {
+        let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        assert!(!span_export_wanted(&env(&[])));
+        assert!(!span_export_wanted(&env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])));
+        assert!(span_export_wanted(&env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")])));
+        assert!(span_export_wanted(&env(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/v1/traces")])));
+        let on = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
+        assert!(!span_export_wanted(&env(&[on, ("OTEL_TRACES_EXPORTER", "none")])));
+        assert!(!span_export_wanted(&env(&[on, ("OTEL_SDK_DISABLED", "TRUE")])));
+        assert!(span_export_wanted(&env(&[on, ("OTEL_TRACES_EXPORTER", "otlp"), ("OTEL_SDK_DISABLED", "false")])));
     }
 
     #[test]

@@ -78,6 +78,9 @@ impl Runner {
             job_id = attributes.get(attr::JOB_ID).map(String::as_str).unwrap_or(""),
             trace_id = trace_id.as_deref().unwrap_or(""),
         );
+        if let Some(t) = trace {
+            service_kit::telemetry::set_remote_parent(&span, t.trace_id, t.span_id, t.sampled);
+        }
         self.handle_traced(data, attributes, delivery, trace_id.as_deref()).instrument(span).await
     }
 
