@@ -141,6 +141,8 @@ subscription_binding "$JOBS_SUBSCRIPTION" "$worker" roles/pubsub.subscriber
 subscription_binding "$JOBS_SUBSCRIPTION" "$worker" roles/pubsub.viewer
 topic_binding "$RESULTS_TOPIC" "$worker" roles/pubsub.publisher
 topic_binding "$DEAD_LETTER_TOPIC" "$worker" roles/pubsub.publisher
+# The ledger's sweeper publishes again a run whose message was lost (see the README).
+topic_binding "$JOBS_TOPIC" "$worker" roles/pubsub.publisher
 topic_binding "$RESULTS_TOPIC" "$worker" roles/pubsub.viewer
 
 if [ -n "$METRICS_READER" ]; then

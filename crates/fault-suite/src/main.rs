@@ -220,6 +220,8 @@ impl Env {
                 ("WORKER_RUNNER__GRACE_PERIOD", "5s".into()),
                 ("WORKER_LEDGER__URL", self.db.url.clone()),
                 ("WORKER_LEDGER__LEASE", "6s".into()),
+                ("WORKER_LEDGER__REPUBLISH_AFTER", "25s".into()),
+                ("WORKER_LEDGER__SWEEP_INTERVAL", "5s".into()),
                 ("WORKER_ENGINES__WAREHOUSE__URL", self.db.url.clone()),
             ],
         )

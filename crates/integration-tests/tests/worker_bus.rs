@@ -48,6 +48,9 @@ async fn start_worker() -> Harness {
         worker::settings::EngineSettings { url: service_kit::Secret::new(db.url.clone()), ..Default::default() },
     );
     s.ledger.url = service_kit::Secret::new(db.url.clone());
+    // The sweeper quickly, for the lost-message test.
+    s.ledger.republish_after = Duration::from_secs(2);
+    s.ledger.sweep_interval = Duration::from_secs(1);
     let app = worker::Application::build(s, &app_env()).await.expect("worker builds");
     let admin = app.admin_addr();
     let shutdown = CancellationToken::new();
@@ -292,4 +295,38 @@ async fn ledger_migrations_are_idempotent_and_a_newer_schema_is_refused() {
         }
         other => panic!("a newer schema must be refused, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_whose_message_was_lost_after_its_worker_died_is_published_again_and_runs_once() {
+    let h = start_worker().await;
+    // A worker claimed the run and died; its message never comes back. No message is
+    // published here: only the ledger knows the run.
+    let lost = job("lost", "SELECT 7 AS seven");
+    let ledger =
+        worker::ledger::postgres::PostgresLedger::new(&service_kit::Secret::new(h.db.url.clone()), "sqo_ledger", 1)
+            .expect("ledger");
+    use worker::ledger::Ledger;
+    let claim = ledger.claim(&lost, "a-worker-that-died", Duration::from_secs(1)).await.expect("claim");
+    assert_eq!(claim, worker::ledger::Claim::Run { attempt: 1 });
+
+    let results = read_until(&h.bus, &h.results_tap, Duration::from_secs(30), |got| {
+        got.iter().any(|m| ResultEvent::decode(&m.data).is_ok_and(|e| e.job_id == lost.job_id))
+    })
+    .await;
+    let events: Vec<ResultEvent> =
+        results.iter().filter_map(|m| ResultEvent::decode(&m.data).ok()).filter(|e| e.job_id == lost.job_id).collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].status, events[0].attempt, events[0].rows_written), (RunStatus::Succeeded, 2, 1));
+    let written: i64 =
+        h.db.client
+            .query_one("SELECT count(*) FROM tenant_acme.out WHERE _job_id = $1", &[&lost.job_id.as_str()])
+            .await
+            .expect("count")
+            .get(0);
+    assert_eq!(written, 1);
+    let metrics = get(h.admin, "/metrics").await.1;
+    assert_eq!(metric(&metrics, "worker_runs_republished_total"), Some(1.0), "published again once");
+    h.shutdown.cancel();
+    h.task.await.expect("join").expect("stops cleanly");
 }

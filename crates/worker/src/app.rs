@@ -178,6 +178,17 @@ impl Application {
                 work.clone(),
             ),
         );
+        tasks.spawn(
+            "ledger-sweeper",
+            sweep(
+                ledger.clone(),
+                connection.publisher(&ps.jobs_topic, ps.publish_timeout).await?,
+                settings.ledger.republish_after,
+                settings.ledger.sweep_interval,
+                metrics.clone(),
+                work.clone(),
+            ),
+        );
         tasks.spawn("engine-check", check_engines(engines, ledger, readiness.clone(), work.clone()));
         let (pubsub_readiness, stop, topic) = (readiness.clone(), work.clone(), ps.results_topic.clone());
         tasks.spawn("pubsub-check", async move {
@@ -215,6 +226,53 @@ async fn migrate(ledger: &PostgresLedger, readiness: &Readiness, stop: &Cancella
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// The safety net under Pub/Sub's redelivery: every `every`, publishes again the runs left
+/// `running` under a lease expired more than `after` ago that no worker claimed since — their
+/// message did not come back (seen on the emulator after a worker holding a redelivered
+/// message was killed). The republished message has the same job id: the ledger runs it once.
+async fn sweep(
+    ledger: Arc<PostgresLedger>,
+    jobs: TopicPublisher,
+    after: Duration,
+    every: Duration,
+    metrics: Metrics,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(every) => {}
+        }
+        let stale = match ledger.take_stale(after, 100).await {
+            Ok(stale) => stale,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for runs to publish again");
+                continue;
+            }
+        };
+        for (job_id, body) in stale {
+            let mut attributes: Vec<(&str, String)> = match jobs_core::JobMessage::decode(&body) {
+                Ok(job) => job.attributes(None),
+                Err(_) => vec![(jobs_core::attributes::JOB_ID, job_id.clone())],
+            };
+            attributes.push(("republished_by", "ledger-sweeper".into()));
+            match jobs.publish(body, attributes).await {
+                Ok(_) => {
+                    metrics.runs_republished.inc();
+                    tracing::warn!(
+                        job_id = %job_id,
+                        stale_secs = after.as_secs(),
+                        "run left running under an expired lease and never claimed again: published again"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(job_id = %job_id, error = %e, "cannot publish the run again; next sweep retries")
+                }
+            }
         }
     }
 }

@@ -36,6 +36,9 @@ pub struct Metrics {
     pub ledger_failures: Counter,
     /// Pulls from the jobs subscription that failed (retried with backoff).
     pub pull_failures: Counter,
+    /// Runs published again from the ledger: left running under an expired lease and never
+    /// claimed again (their message was lost).
+    pub runs_republished: Counter,
 }
 
 impl Metrics {
@@ -51,6 +54,7 @@ impl Metrics {
             output_failures: Counter::default(),
             ledger_failures: Counter::default(),
             pull_failures: Counter::default(),
+            runs_republished: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("worker");
         r.register("jobs", "Job messages handled, by outcome and error class", m.jobs.clone());
@@ -61,6 +65,11 @@ impl Metrics {
         r.register("output_failures", "Result or dead-letter publishes that failed", m.output_failures.clone());
         r.register("ledger_failures", "Run-ledger calls that failed", m.ledger_failures.clone());
         r.register("pull_failures", "Pulls from the jobs subscription that failed", m.pull_failures.clone());
+        r.register(
+            "runs_republished",
+            "Runs published again from the ledger after their message was lost",
+            m.runs_republished.clone(),
+        );
         m
     }
 }

@@ -121,6 +121,14 @@ pub struct LedgerSettings {
     /// third): after a worker dies, its runs can be claimed again this much later.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
+    /// A run whose lease expired this long ago and that no worker claimed again is published
+    /// again from the ledger's copy of its job message (its message was lost on the way
+    /// back). Must exceed `pubsub.ack_deadline` + `pubsub.max_backoff`.
+    #[serde(with = "humantime_serde")]
+    pub republish_after: Duration,
+    /// How often a worker looks for such runs.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
 }
 
 impl Default for LedgerSettings {
@@ -130,6 +138,8 @@ impl Default for LedgerSettings {
             schema: "sqo_ledger".into(),
             pool_size: 4,
             lease: Duration::from_secs(60),
+            republish_after: Duration::from_secs(15 * 60),
+            sweep_interval: Duration::from_secs(60),
         }
     }
 }
@@ -227,6 +237,17 @@ impl Validate for Settings {
         }
         if l.lease < Duration::from_secs(3) {
             p.push(format!("ledger.lease ({}) must be at least 3s", humantime::format_duration(l.lease)));
+        }
+        if l.republish_after <= ps.ack_deadline + ps.max_backoff {
+            p.push(format!(
+                "ledger.republish_after ({}) must exceed pubsub.ack_deadline + pubsub.max_backoff ({}), or runs whose \
+                 message is on its way back are published twice",
+                humantime::format_duration(l.republish_after),
+                humantime::format_duration(ps.ack_deadline + ps.max_backoff)
+            ));
+        }
+        if l.sweep_interval.is_zero() {
+            p.push("ledger.sweep_interval must be above 0".into());
         }
         if self.engines.is_empty() {
             p.push("engines is empty: no job could ever run".into());

@@ -44,6 +44,10 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX runs_by_tenant_recent ON {schema}.runs (tenant_id, updated_at DESC);",
     // 2: run history across tenants, newest first (`GET /v1/runs`).
     "CREATE INDEX runs_recent ON {schema}.runs (updated_at DESC, job_id DESC);",
+    // 3: a copy of the job message while the run is running, to publish it again if its
+    // message is lost (the sweeper), and when that was last done.
+    "ALTER TABLE {schema}.runs ADD COLUMN job_body bytea, ADD COLUMN republished_at timestamptz;
+    CREATE INDEX runs_running_by_lease ON {schema}.runs (lease_expires_at) WHERE state = 'running';",
 ];
 
 /// The schema version this build knows.
@@ -135,6 +139,32 @@ impl PostgresLedger {
         let cursor =
             more.then(|| runs.last().map(|r| Cursor { updated_at: r.updated_at, job_id: r.job_id.clone() })).flatten();
         Ok((runs, cursor))
+    }
+
+    /// Runs left `running` with a lease expired more than `older_than` ago (and not published
+    /// again within that time): marks them published again and returns their job messages,
+    /// at most `limit`. Workers running this at once each get different runs.
+    pub async fn take_stale(&self, older_than: Duration, limit: i64) -> Result<Vec<(String, Vec<u8>)>, LedgerError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "UPDATE {s}.runs SET republished_at = now()
+                     WHERE job_id IN (
+                         SELECT job_id FROM {s}.runs
+                         WHERE state = 'running' AND job_body IS NOT NULL
+                           AND lease_expires_at < now() - make_interval(secs => $1)
+                           AND (republished_at IS NULL OR republished_at < now() - make_interval(secs => $1))
+                         ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                     RETURNING job_id, job_body",
+                    s = self.schema
+                ),
+                &[&secs(older_than), &limit],
+            )
+            .await
+            .map_err(err("take stale runs"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Applies the missing migrations; refuses a schema newer than [`SCHEMA_VERSION`].
@@ -312,12 +342,13 @@ impl Ledger for PostgresLedger {
             .query_one(
                 &format!(
                     "INSERT INTO {s}.runs AS r (job_id, tenant_id, app_id, query_id, nominal_time, state, attempts,
-                                               lease_owner, lease_expires_at, started_at)
-                     VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, now() + make_interval(secs => $7), now())
+                                               lease_owner, lease_expires_at, started_at, job_body)
+                     VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, now() + make_interval(secs => $7), now(), $8)
                      ON CONFLICT (job_id) DO UPDATE SET
                          state = 'running', attempts = r.attempts + 1, lease_owner = $6,
                          lease_expires_at = now() + make_interval(secs => $7), started_at = now(),
-                         finished_at = NULL, error_class = NULL, error_message = NULL, updated_at = now()
+                         finished_at = NULL, error_class = NULL, error_message = NULL, updated_at = now(),
+                         job_body = $8, republished_at = NULL
                      RETURNING attempts"
                 ),
                 &[
@@ -328,6 +359,7 @@ impl Ledger for PostgresLedger {
                     &job.nominal_time,
                     &worker,
                     &secs(lease),
+                    &job.encode(),
                 ],
             )
             .await
@@ -368,7 +400,7 @@ impl Ledger for PostgresLedger {
                      VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, now())
                      ON CONFLICT (job_id) DO UPDATE SET
                          state = $6, rows_written = $7, error_class = $8, error_message = $9, finished_at = now(),
-                         lease_owner = NULL, lease_expires_at = NULL, updated_at = now()",
+                         lease_owner = NULL, lease_expires_at = NULL, updated_at = now(), job_body = NULL",
                     self.schema
                 ),
                 &[
