@@ -285,14 +285,23 @@ async fn schedule_action(
         );
     };
     let key = schedule_key(&tenant, &app, query);
-    let Some(schedule) = api.schedules().get(&key).cloned() else {
+    let catalog = api.schedules();
+    // A standby that has never led has no catalog: it stores pauses without checking the ids
+    // (the leader applies them), and cannot build a run to trigger.
+    let schedule = catalog.get(&key).cloned();
+    if schedule.is_none() && !catalog.is_empty() {
         return not_found(format!("no schedule {key}"));
-    };
-    match verb {
-        "trigger" => api.trigger(schedule).await,
-        "pause" => api.set_paused(PauseKey::schedule(&key), true).await,
-        "resume" => api.set_paused(PauseKey::schedule(&key), false).await,
-        other => not_found(format!("no action {other:?} on a schedule: trigger, pause or resume")),
+    }
+    match (verb, schedule) {
+        ("trigger", Some(schedule)) => api.trigger(schedule).await,
+        ("trigger", None) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_catalog",
+            "this replica has no catalog yet (a standby that has not led): retry, another replica answers".into(),
+        ),
+        ("pause", _) => api.set_paused(PauseKey::schedule(&key), true).await,
+        ("resume", _) => api.set_paused(PauseKey::schedule(&key), false).await,
+        (other, _) => not_found(format!("no action {other:?} on a schedule: trigger, pause or resume")),
     }
 }
 
@@ -304,7 +313,9 @@ async fn tenant_action(State(api): State<ScheduleApi>, Path(segment): Path<Strin
             format!("POST needs an action: /v1/tenants/{segment}:pause or :resume"),
         );
     };
-    if !api.schedules().keys().any(|k| *k.tenant_id == *tenant) {
+    let catalog = api.schedules();
+    // A standby that has never led has no catalog: it stores the pause without checking.
+    if !catalog.is_empty() && !catalog.keys().any(|k| *k.tenant_id == *tenant) {
         return not_found(format!("tenant {tenant:?} has no schedules"));
     }
     match verb {
