@@ -124,7 +124,7 @@ impl Puller {
     /// `returnImmediately` for throughput, which jobs of seconds to hours do not need.
     pub async fn pull(&self, max: usize) -> Result<Vec<Received>, PullError> {
         let body = serde_json::json!({ "maxMessages": max.max(1), "returnImmediately": true });
-        let text = self.call("pull", "pull", &body, CALL_TIMEOUT).await.map_err(|e| e.into_error(self))?;
+        let text = self.call("pull", &body).await?;
         let response: PullResponse =
             serde_json::from_str(&text).map_err(|e| self.error("pull", format!("unreadable answer: {e}"), false))?;
         response
@@ -150,7 +150,7 @@ impl Puller {
     pub async fn acknowledge(&self, ack_ids: &[String]) -> Result<(), PullError> {
         for chunk in ack_ids.chunks(ACK_BATCH) {
             let body = serde_json::json!({ "ackIds": chunk });
-            self.call("acknowledge", "acknowledge", &body, CALL_TIMEOUT).await.map_err(|e| e.into_error(self))?;
+            self.call("acknowledge", &body).await?;
         }
         Ok(())
     }
@@ -159,36 +159,23 @@ impl Puller {
     pub async fn modify_ack_deadline(&self, ack_ids: &[String], seconds: u32) -> Result<(), PullError> {
         for chunk in ack_ids.chunks(ACK_BATCH) {
             let body = serde_json::json!({ "ackIds": chunk, "ackDeadlineSeconds": seconds });
-            self.call("modifyAckDeadline", "modifyAckDeadline", &body, CALL_TIMEOUT)
-                .await
-                .map_err(|e| e.into_error(self))?;
+            self.call("modifyAckDeadline", &body).await?;
         }
         Ok(())
     }
 
-    async fn call(
-        &self,
-        call: &'static str,
-        verb: &str,
-        body: &serde_json::Value,
-        timeout: Duration,
-    ) -> Result<String, CallError> {
-        let mut request = self.http.post(format!("{}:{verb}", self.url)).json(body).timeout(timeout);
+    /// POSTs `body` to `{subscription}:{call}`; the answer's text.
+    async fn call(&self, call: &'static str, body: &serde_json::Value) -> Result<String, PullError> {
+        let mut request = self.http.post(format!("{}:{call}", self.url)).json(body).timeout(CALL_TIMEOUT);
         if let Some(credentials) = &self.credentials {
             use google_cloud_auth::credentials::CacheableResource;
             match credentials.headers(Default::default()).await {
                 Ok(CacheableResource::New { data, .. }) => request = request.headers(data),
                 Ok(CacheableResource::NotModified) => {}
-                Err(e) => return Err(CallError::Failed(self.error(call, format!("no credentials: {e}"), false))),
+                Err(e) => return Err(self.error(call, format!("no credentials: {e}"), false)),
             }
         }
-        let failed = |e: reqwest::Error| {
-            if e.is_timeout() {
-                CallError::TimedOut { call, after: timeout }
-            } else {
-                CallError::Failed(self.error(call, transport_error(&e), false))
-            }
-        };
+        let failed = |e: reqwest::Error| self.error(call, transport_error(&e), false);
         let response = request.send().await.map_err(failed)?;
         let status = response.status();
         let text = response.text().await.map_err(failed)?;
@@ -197,7 +184,7 @@ impl Puller {
         }
         let permanent = matches!(status.as_u16(), 400 | 401 | 403 | 404);
         let detail: String = text.chars().take(300).collect();
-        Err(CallError::Failed(self.error(call, format!("HTTP {status}: {}", detail.trim()), permanent)))
+        Err(self.error(call, format!("HTTP {status}: {}", detail.trim()), permanent))
     }
 
     fn error(&self, call: &'static str, message: String, permanent: bool) -> PullError {
@@ -205,27 +192,15 @@ impl Puller {
     }
 }
 
-enum CallError {
-    /// No answer within the call's time limit (for a pull: nothing arrived).
-    TimedOut {
-        call: &'static str,
-        after: Duration,
-    },
-    Failed(PullError),
-}
-
-impl CallError {
-    fn into_error(self, puller: &Puller) -> PullError {
-        match self {
-            CallError::TimedOut { call, after } => puller.error(call, format!("no answer within {after:?}"), false),
-            CallError::Failed(e) => e,
-        }
-    }
-}
-
 /// A transport error without its URL, with its causes (reqwest's own line says little).
 fn transport_error(e: &reqwest::Error) -> String {
-    let kind = if e.is_connect() { "connection failed" } else { "request failed" };
+    let kind = if e.is_timeout() {
+        "no answer in time"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
     service_kit::with_sources(kind, e)
 }
 

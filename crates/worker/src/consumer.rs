@@ -76,8 +76,12 @@ pub async fn run_consumer(
             continue;
         }
         idle_wait = IDLE_WAIT.0;
-        // Pub/Sub never hands over more than asked; the zip only guards that.
-        for (message, permit) in messages.into_iter().zip(slots) {
+        for message in messages {
+            // Pub/Sub never hands over more than asked for; if it did, the extra goes back.
+            let Some(permit) = slots.pop() else {
+                keeper.hold(&message).nack();
+                continue;
+            };
             tracing::debug!(
                 message_id = %message.message_id,
                 ack_id = %message.ack_id,
