@@ -126,7 +126,19 @@ impl Application {
                 if ps.create_topics {
                     connection.ensure_topic(&ps.jobs_topic).await?;
                 }
-                Arc::new(connection.publisher(&ps.jobs_topic, ps.publish_timeout).await?)
+                let ring = settings
+                    .signing
+                    .text()
+                    .map_err(anyhow::Error::msg)
+                    .and_then(|t| jobs_core::signing::KeyRing::parse(t.expose()).map_err(anyhow::Error::from))?;
+                match ring.signing_key() {
+                    Some(key) => tracing::info!(key_id = %key.id, "job messages are signed"),
+                    None => tracing::warn!("job messages are not signed: set signing.keyring or signing.keyring_file"),
+                }
+                Arc::new(crate::publisher::SignedPublisher {
+                    topic: connection.publisher(&ps.jobs_topic, ps.publish_timeout).await?,
+                    key: ring.signing_key().cloned(),
+                })
             }
         };
 

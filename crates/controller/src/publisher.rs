@@ -22,10 +22,24 @@ pub trait JobSink: Send + Sync + 'static {
     async fn send(&self, job: &JobMessage, trace: &TraceParent) -> anyhow::Result<()>;
 }
 
+/// The jobs topic; each message signed with the newest key of the ring (`signing.*`), or
+/// unsigned when no key is configured.
+pub struct SignedPublisher {
+    pub topic: pubsub_bus::TopicPublisher,
+    pub key: Option<jobs_core::signing::SigningKey>,
+}
+
 #[async_trait]
-impl JobSink for pubsub_bus::TopicPublisher {
+impl JobSink for SignedPublisher {
     async fn send(&self, job: &JobMessage, trace: &TraceParent) -> anyhow::Result<()> {
-        self.publish(job.encode(), job.attributes(Some(trace))).await?;
+        let body = job.encode();
+        let mut attributes = job.attributes(Some(trace));
+        if let Some(key) = &self.key {
+            let signature =
+                key.sign(&body, |name| attributes.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str()));
+            attributes.extend(signature);
+        }
+        self.topic.publish(body, attributes).await?;
         Ok(())
     }
 }

@@ -21,6 +21,8 @@ pub struct Settings {
     pub pubsub: PubsubSettings,
     pub state: StateSettings,
     pub catchup: CatchupSettings,
+    /// The keys job messages are signed with: the last one signs (none: unsigned).
+    pub signing: service_kit::settings::KeyRingSettings,
 }
 
 /// Where the watermark and the last good catalog are kept.
@@ -274,6 +276,14 @@ impl Layered for Settings {
 impl Validate for Settings {
     fn problems(&self) -> Vec<String> {
         let mut p = self.log.problems();
+        match self.signing.text() {
+            Ok(text) => {
+                if let Err(e) = jobs_core::signing::KeyRing::parse(text.expose()) {
+                    p.push(format!("signing.keyring: {e}"));
+                }
+            }
+            Err(e) => p.push(e),
+        }
         let c = &self.catalog;
         if !(c.max_removal_share > 0.0 && c.max_removal_share <= 1.0) {
             p.push(format!("catalog.max_removal_share {} must be in (0, 1]", c.max_removal_share));

@@ -1,4 +1,5 @@
-//! The operator's surface, black-box on real parts (emulator, PostgreSQL): the controller's
+//! The operator's surface, black-box on real parts (emulator, PostgreSQL; job messages signed
+//! by the controller and verified by the worker): the controller's
 //! tenants, schedules, catalog status, pause/resume (surviving a restart) and manual trigger;
 //! the worker's run history; one run's trace id followed from the controller's publish to the
 //! worker's result event; and both OpenAPI documents checked against the served routes.
@@ -10,6 +11,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+const KEYRING: &str =
+    "k1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\nk2:ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
 
 struct Service {
     admin: SocketAddr,
@@ -41,6 +45,8 @@ async fn start_controller(project: &str, jobs: &str, file: &Path, db: &TestDb) -
     s.pubsub.create_topics = true;
     s.state.url = service_kit::Secret::new(db.url.clone());
     s.state.watermark_interval = Duration::from_millis(500);
+    // Job messages signed by the controller, verified by the worker (rotation: two keys).
+    s.signing.keyring = service_kit::Secret::new(KEYRING);
     let app = controller::Application::build(s, &app_env()).await.expect("controller builds");
     let admin = app.admin_addr();
     let shutdown = CancellationToken::new();
@@ -64,6 +70,7 @@ async fn start_worker(project: &str, jobs: &str, db: &TestDb) -> Service {
         worker::settings::EngineSettings { url: service_kit::Secret::new(db.url.clone()), ..Default::default() },
     );
     s.ledger.url = service_kit::Secret::new(db.url.clone());
+    s.signing.keyring = service_kit::Secret::new(KEYRING);
     let app = worker::Application::build(s, &app_env()).await.expect("worker builds");
     let admin = app.admin_addr();
     let shutdown = CancellationToken::new();

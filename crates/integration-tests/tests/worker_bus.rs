@@ -21,6 +21,10 @@ struct Harness {
 }
 
 async fn start_worker() -> Harness {
+    start_worker_with(|_| {}).await
+}
+
+async fn start_worker_with(tweak: impl FnOnce(&mut worker::Settings)) -> Harness {
     integration_tests::init_logs();
     let project = unique("proj");
     let bus = emulator(&project);
@@ -51,6 +55,7 @@ async fn start_worker() -> Harness {
     // The sweeper quickly, for the lost-message test.
     s.ledger.republish_after = Duration::from_secs(2);
     s.ledger.sweep_interval = Duration::from_secs(1);
+    tweak(&mut s);
     let app = worker::Application::build(s, &app_env()).await.expect("worker builds");
     let admin = app.admin_addr();
     let shutdown = CancellationToken::new();
@@ -327,6 +332,88 @@ async fn a_run_whose_message_was_lost_after_its_worker_died_is_published_again_a
     assert_eq!(written, 1);
     let metrics = get(h.admin, "/metrics").await.1;
     assert_eq!(metric(&metrics, "worker_runs_republished_total"), Some(1.0), "published again once");
+    h.shutdown.cancel();
+    h.task.await.expect("join").expect("stops cleanly");
+}
+
+const OLD_KEY: &str = "k2026a:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+const NEW_KEY: &str = "k2026b:ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+
+/// Publishes `job` signed with the newest key of `ring`, after `tamper` changed body or
+/// attributes.
+async fn publish_signed(
+    h: &Harness,
+    job: &JobMessage,
+    ring: &str,
+    tamper: impl FnOnce(&mut Vec<u8>, &mut Vec<(&'static str, String)>),
+) {
+    let ring = jobs_core::signing::KeyRing::parse(ring).expect("ring");
+    let mut body = job.encode();
+    let mut attributes = job.attributes(None);
+    let key = ring.signing_key().expect("key");
+    let signature = key.sign(&body, |n| attributes.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str()));
+    attributes.extend(signature);
+    tamper(&mut body, &mut attributes);
+    h.jobs.publish(body, attributes).await.expect("publish");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unsigned_forged_tampered_and_unknown_key_messages_are_dead_lettered_and_never_run() {
+    // The worker accepts both keys of a rotation.
+    let h = start_worker_with(|s| s.signing.keyring = service_kit::Secret::new(format!("{OLD_KEY},{NEW_KEY}"))).await;
+    let unsigned = job("unsigned", "SELECT 1 AS x");
+    publish(&h, &unsigned).await;
+    let unknown = job("unknown-key", "SELECT 1 AS x");
+    publish_signed(&h, &unknown, "k-other:YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE=", |_, _| {}).await;
+    // Forged: the right key id, a wrong secret.
+    let forged = job("forged", "SELECT 1 AS x");
+    publish_signed(&h, &forged, "k2026b:YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE=", |_, _| {}).await;
+    // Tampered: signed properly, then the SQL changed.
+    let tampered = job("tampered", "SELECT 1 AS x");
+    publish_signed(&h, &tampered, NEW_KEY, |body, _| {
+        *body = String::from_utf8(body.clone()).expect("utf-8").replace("SELECT 1 AS x", "SELECT 2 AS x").into_bytes();
+    })
+    .await;
+    // Moved to another tenant after signing.
+    let moved = job("moved", "SELECT 1 AS x");
+    publish_signed(&h, &moved, NEW_KEY, |_, attrs| {
+        attrs.iter_mut().filter(|(k, _)| *k == attr::TENANT_ID).for_each(|(_, v)| *v = "globex".into());
+    })
+    .await;
+    // Good ones, signed with either key of the ring.
+    let good_old = job("good-old", "SELECT 1 AS x");
+    publish_signed(&h, &good_old, OLD_KEY, |_, _| {}).await;
+    let good_new = job("good-new", "SELECT 1 AS x");
+    publish_signed(&h, &good_new, &format!("{OLD_KEY}\n{NEW_KEY}"), |_, _| {}).await;
+
+    let dead = read_until(&h.bus, &h.dead_tap, Duration::from_secs(30), |got| got.len() >= 5).await;
+    for (job, reason) in [
+        (&unsigned, "unsigned"),
+        (&unknown, "unknown_key"),
+        (&forged, "bad_signature"),
+        (&tampered, "bad_signature"),
+        (&moved, "bad_signature"),
+    ] {
+        let m = by_job_id(&dead, job.job_id.as_str()).unwrap_or_else(|| panic!("{} not dead-lettered", job.query_id));
+        assert_eq!(m.attributes[attr::DEAD_LETTER_REASON], reason, "{}", job.query_id);
+    }
+    let results = read_until(&h.bus, &h.results_tap, Duration::from_secs(20), |got| got.len() >= 2).await;
+    let ran: Vec<String> =
+        results.iter().filter_map(|m| ResultEvent::decode(&m.data).ok()).map(|e| e.query_id).collect();
+    assert!(ran.contains(&"good-old".to_string()) && ran.contains(&"good-new".to_string()), "{ran:?}");
+    for refused in ["unsigned", "unknown-key", "forged", "tampered", "moved"] {
+        assert!(!ran.contains(&refused.to_string()), "{refused} must never run");
+    }
+    let rows: i64 = h
+        .db
+        .client
+        .query_one("SELECT count(*) FROM sqo_ledger.runs WHERE query_id IN ('unsigned','unknown-key','forged','tampered','moved')", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 0, "refused messages never reach the ledger");
+    let metrics = get(h.admin, "/metrics").await.1;
+    assert_eq!(metric(&metrics, r#"worker_jobs_total{outcome="rejected",error_class="signature"}"#), Some(5.0));
     h.shutdown.cancel();
     h.task.await.expect("join").expect("stops cleanly");
 }

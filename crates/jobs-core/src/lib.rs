@@ -6,6 +6,7 @@ pub mod job;
 pub mod job_id;
 pub mod names;
 pub mod result;
+pub mod signing;
 pub mod trace;
 pub mod version;
 

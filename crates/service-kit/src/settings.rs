@@ -60,3 +60,25 @@ pub fn load<T: Layered>(file: Option<&Path>, env: &HashMap<String, String>) -> a
 pub fn process_env() -> HashMap<String, String> {
     std::env::vars().collect()
 }
+
+/// Where the job-signing key ring comes from: `keyring` (e.g. from an environment variable
+/// fed by a Kubernetes Secret) or `keyring_file` (a mounted Secret), never the command line.
+/// The text is `key_id:base64secret` entries (see `jobs_core::signing`).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyRingSettings {
+    pub keyring: crate::Secret,
+    pub keyring_file: Option<std::path::PathBuf>,
+}
+
+impl KeyRingSettings {
+    /// The key ring's text (empty when none is configured); an error names the file.
+    pub fn text(&self) -> Result<crate::Secret, String> {
+        match &self.keyring_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map(crate::Secret::new)
+                .map_err(|e| format!("signing.keyring_file {}: {e}", path.display())),
+            None => Ok(self.keyring.clone()),
+        }
+    }
+}

@@ -156,8 +156,20 @@ impl Application {
         let worker = worker_identity();
         tracing::info!(worker = %worker, lease_secs = settings.ledger.lease.as_secs(), "run ledger ready");
         let access = LedgerAccess { ledger: ledger.clone(), worker, lease: settings.ledger.lease };
-        let runner =
-            Arc::new(Runner::new(engines.clone(), outputs, metrics.clone(), settings.runner.max_timeout, access));
+        let keys = settings
+            .signing
+            .text()
+            .map_err(anyhow::Error::msg)
+            .and_then(|t| jobs_core::signing::KeyRing::parse(t.expose()).map_err(anyhow::Error::from))?;
+        if keys.is_empty() {
+            tracing::warn!("job messages are not verified: set signing.keyring or signing.keyring_file");
+        } else {
+            tracing::info!(key_ids = ?keys.ids(), "job messages must be signed with one of these keys");
+        }
+        let runner = Arc::new(
+            Runner::new(engines.clone(), outputs, metrics.clone(), settings.runner.max_timeout, access)
+                .with_keys(keys.clone()),
+        );
         let work = shutdown.child_token();
         let mut tasks = Supervisor::new(work.clone());
         tasks.spawn(
@@ -183,6 +195,7 @@ impl Application {
             sweep(
                 ledger.clone(),
                 connection.publisher(&ps.jobs_topic, ps.publish_timeout).await?,
+                keys.signing_key().cloned(),
                 settings.ledger.republish_after,
                 settings.ledger.sweep_interval,
                 metrics.clone(),
@@ -237,6 +250,7 @@ async fn migrate(ledger: &PostgresLedger, readiness: &Readiness, stop: &Cancella
 async fn sweep(
     ledger: Arc<PostgresLedger>,
     jobs: TopicPublisher,
+    key: Option<jobs_core::signing::SigningKey>,
     after: Duration,
     every: Duration,
     metrics: Metrics,
@@ -259,6 +273,11 @@ async fn sweep(
                 Ok(job) => job.attributes(None),
                 Err(_) => vec![(jobs_core::attributes::JOB_ID, job_id.clone())],
             };
+            if let Some(key) = &key {
+                let signature =
+                    key.sign(&body, |name| attributes.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str()));
+                attributes.extend(signature);
+            }
             attributes.push(("republished_by", "ledger-sweeper".into()));
             match jobs.publish(body, attributes).await {
                 Ok(_) => {

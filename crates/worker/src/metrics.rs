@@ -10,11 +10,12 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
-    /// `succeeded`, `retried`, `failed` (dead-lettered), `undecodable`, `skipped` (overlap),
+    /// `succeeded`, `retried`, `failed` (dead-lettered), `undecodable`, `rejected` (not signed
+    /// with a known key: dead-lettered unrun), `skipped` (overlap),
     /// `duplicate` (the ledger says it already succeeded or was skipped: acked without
     /// running), `running_elsewhere` (another worker holds its lease: handed back).
     pub outcome: &'static str,
-    /// `none`, `retryable`, `permanent`, `decode`.
+    /// `none`, `retryable`, `permanent`, `decode`, `signature`.
     pub error_class: &'static str,
 }
 

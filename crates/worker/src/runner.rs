@@ -45,6 +45,8 @@ pub struct Runner {
     metrics: Metrics,
     max_timeout: Duration,
     ledger: LedgerAccess,
+    /// The keys job messages must be signed with; `None`: not verified.
+    keys: Option<Arc<jobs_core::signing::KeyRing>>,
 }
 
 /// Aborts a task when dropped (the lease heartbeat ends with its run, however that ends).
@@ -64,7 +66,13 @@ impl Runner {
         max_timeout: Duration,
         ledger: LedgerAccess,
     ) -> Self {
-        Runner { engines, outputs, metrics, max_timeout, ledger }
+        Runner { engines, outputs, metrics, max_timeout, ledger, keys: None }
+    }
+
+    /// Verifies every message against `keys` before anything else (an empty ring: no check).
+    pub fn with_keys(mut self, keys: jobs_core::signing::KeyRing) -> Self {
+        self.keys = (!keys.is_empty()).then(|| Arc::new(keys));
+        self
     }
 
     /// Handles one delivery. `delivery` is Pub/Sub's delivery attempt (1 for the first);
@@ -92,6 +100,19 @@ impl Runner {
         trace_id: Option<&str>,
     ) -> Disposition {
         let attempt = delivery;
+        // Before anything else: a message not signed with a known key is never executed.
+        if let Some(keys) = &self.keys
+            && let Err(rejection) = keys.verify(data, attributes)
+        {
+            tracing::warn!(
+                message_job_id = attributes.get(attr::JOB_ID).map(String::as_str).unwrap_or(""),
+                reason = rejection.code(),
+                error = %rejection,
+                "job message refused, dead-lettering it without running it"
+            );
+            self.metrics.jobs.get_or_create(&OutcomeLabels { outcome: "rejected", error_class: "signature" }).inc();
+            return self.dead_letter(data, attributes, rejection.code(), &rejection.to_string(), attempt).await;
+        }
         let job = match JobMessage::decode(data) {
             Ok(job) => job,
             Err(e) => {

@@ -17,6 +17,8 @@ pub struct Settings {
     pub pubsub: PubsubSettings,
     pub runner: RunnerSettings,
     pub ledger: LedgerSettings,
+    /// The keys job messages must be signed with (none: messages are not verified).
+    pub signing: service_kit::settings::KeyRingSettings,
     /// Engines by the name queries use in their `engine` field (none by default: each is
     /// configured, e.g. `[engines.warehouse]` or `WORKER_ENGINES__WAREHOUSE__URL`).
     pub engines: BTreeMap<String, EngineSettings>,
@@ -188,6 +190,14 @@ fn check_name(key: &str, name: &str, problems: &mut Vec<String>) {
 impl Validate for Settings {
     fn problems(&self) -> Vec<String> {
         let mut p = self.log.problems();
+        match self.signing.text() {
+            Ok(text) => {
+                if let Err(e) = jobs_core::signing::KeyRing::parse(text.expose()) {
+                    p.push(format!("signing.keyring: {e}"));
+                }
+            }
+            Err(e) => p.push(e),
+        }
         let ps = &self.pubsub;
         if ps.project.trim().is_empty() {
             p.push("pubsub.project is empty".into());
