@@ -9,8 +9,9 @@
 //! - `POST /v1/tenants/{tenant}:pause` / `:resume`, and the same per schedule.
 //! - `GET /v1/catalog/status`: the last syncs, items by outcome, what the guard holds back.
 //!
-//! Errors are JSON `{"code": …, "message": …}`; unknown ids answer 404, unknown routes too
-//! (`no_route`).
+//! The mutating endpoints (trigger, pause, resume) need `Authorization: Bearer <admin.token>`
+//! (401 without it; 403 when no token is configured). Errors are JSON `{"code": …,
+//! "message": …}`; unknown ids answer 404, unknown routes too (`no_route`).
 
 use crate::catalog::{Problem, Schedule, ScheduleKey};
 use crate::metrics::Metrics;
@@ -20,7 +21,8 @@ use crate::state::StateStore;
 use crate::sync::StatusView;
 use crate::timer::{DueRun, Timer};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -45,6 +47,8 @@ pub struct ScheduleApi {
     pub store: Arc<dyn StateStore>,
     pub sink: Arc<dyn JobSink>,
     pub metrics: Metrics,
+    /// The bearer token of the mutating endpoints; empty: they are refused.
+    pub token: service_kit::Secret,
 }
 
 #[derive(Deserialize)]
@@ -273,10 +277,43 @@ async fn one_schedule(
     }
 }
 
+/// Mutating endpoints need `Authorization: Bearer <admin.token>`, compared in constant time:
+/// the refusal, or `None` when the request may go on.
+fn refusal(api: &ScheduleApi, headers: &HeaderMap) -> Option<Response> {
+    if api.token.is_empty() {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "mutating endpoints are disabled: set admin.token (or admin.token_file)".into(),
+        ));
+    }
+    let given = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(token) if service_kit::secrets_equal(token.trim(), api.token.expose()) => None,
+        _ => {
+            tracing::warn!(
+                authorization = if given.is_some() { "wrong" } else { "missing" },
+                "operator API request refused"
+            );
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "this endpoint needs Authorization: Bearer <admin.token>".into(),
+            );
+            response.headers_mut().insert(WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            Some(response)
+        }
+    }
+}
+
 async fn schedule_action(
     State(api): State<ScheduleApi>,
+    headers: HeaderMap,
     Path((tenant, app, segment)): Path<(String, String, String)>,
 ) -> Response {
+    if let Some(response) = refusal(&api, &headers) {
+        return response;
+    }
     let Some((query, verb)) = split_action(&segment) else {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -305,7 +342,10 @@ async fn schedule_action(
     }
 }
 
-async fn tenant_action(State(api): State<ScheduleApi>, Path(segment): Path<String>) -> Response {
+async fn tenant_action(State(api): State<ScheduleApi>, headers: HeaderMap, Path(segment): Path<String>) -> Response {
+    if let Some(response) = refusal(&api, &headers) {
+        return response;
+    }
     let Some((tenant, verb)) = split_action(&segment) else {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,

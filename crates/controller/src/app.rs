@@ -165,7 +165,11 @@ impl Application {
             store: store.clone(),
             sink: sink.clone(),
             metrics: metrics.clone(),
+            token: settings.admin.token().map_err(anyhow::Error::msg)?,
         };
+        if schedule_api.token.is_empty() {
+            tracing::warn!("operator API: trigger, pause and resume are refused until admin.token is set");
+        }
         let router = admin::router(AdminState { readiness: readiness.clone(), registry })
             .merge(crate::admin_api::router(schedule_api))
             .fallback(crate::admin_api::no_route);

@@ -75,13 +75,30 @@ impl Default for CatchupSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSettings {
-    /// Address of the admin HTTP server (`/livez`, `/readyz`, `/metrics`).
+    /// Address of the admin HTTP server (`/livez`, `/readyz`, `/metrics`, the operator API).
     pub listen: SocketAddr,
+    /// The bearer token the operator API's mutating endpoints (trigger, pause, resume)
+    /// require; a secret, never logged. Empty: those endpoints are refused (403).
+    pub token: service_kit::Secret,
+    /// The same from a file (a mounted Secret); wins over `token`.
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for AdminSettings {
     fn default() -> Self {
-        AdminSettings { listen: SocketAddr::from(([127, 0, 0, 1], 9090)) }
+        AdminSettings { listen: SocketAddr::from(([127, 0, 0, 1], 9090)), token: Default::default(), token_file: None }
+    }
+}
+
+impl AdminSettings {
+    /// The operator token (empty when none is configured); an error names the file.
+    pub fn token(&self) -> Result<service_kit::Secret, String> {
+        match &self.token_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map(|t| service_kit::Secret::new(t.trim()))
+                .map_err(|e| format!("admin.token_file {}: {e}", path.display())),
+            None => Ok(self.token.clone()),
+        }
     }
 }
 
@@ -276,6 +293,13 @@ impl Layered for Settings {
 impl Validate for Settings {
     fn problems(&self) -> Vec<String> {
         let mut p = self.log.problems();
+        match self.admin.token() {
+            Ok(t) if !t.is_empty() && t.expose().len() < 16 => {
+                p.push(format!("admin.token has {} characters, at least 16 are needed", t.expose().len()))
+            }
+            Ok(_) => {}
+            Err(e) => p.push(e),
+        }
         match self.signing.text() {
             Ok(text) => {
                 if let Err(e) = jobs_core::signing::KeyRing::parse(text.expose()) {

@@ -132,8 +132,16 @@ where
 
 /// POSTs (no body) to an admin endpoint and returns the status and body.
 pub async fn post(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let resp =
-        reqwest::Client::new().post(format!("http://{addr}{path}")).send().await.expect("admin endpoint answers");
+    post_as(addr, path, None).await
+}
+
+/// POSTs (no body) with `Authorization: Bearer <token>` when given.
+pub async fn post_as(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut request = reqwest::Client::new().post(format!("http://{addr}{path}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let resp = request.send().await.expect("admin endpoint answers");
     let status = resp.status().as_u16();
     (status, resp.text().await.unwrap_or_default())
 }

@@ -4,13 +4,16 @@
 //! the worker's run history; one run's trace id followed from the controller's publish to the
 //! worker's result event; and both OpenAPI documents checked against the served routes.
 
-use integration_tests::{TestDb, app_env, emulator, eventually, get, metric, post, read_until, tap, unique};
+use integration_tests::{TestDb, app_env, emulator, eventually, get, metric, post, post_as, read_until, tap, unique};
 use jobs_core::{ResultEvent, RunStatus, Trigger};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// The operator token of the mutating endpoints.
+const TOKEN: &str = "operator-token-0123456789";
 
 const KEYRING: &str =
     "k1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\nk2:ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
@@ -47,6 +50,7 @@ async fn start_controller(project: &str, jobs: &str, file: &Path, db: &TestDb) -
     s.state.watermark_interval = Duration::from_millis(500);
     // Job messages signed by the controller, verified by the worker (rotation: two keys).
     s.signing.keyring = service_kit::Secret::new(KEYRING);
+    s.admin.token = service_kit::Secret::new(TOKEN);
     let app = controller::Application::build(s, &app_env()).await.expect("controller builds");
     let admin = app.admin_addr();
     let shutdown = CancellationToken::new();
@@ -101,7 +105,7 @@ async fn get_json(addr: SocketAddr, path: &str, status: u16) -> Value {
 }
 
 async fn post_json(addr: SocketAddr, path: &str, status: u16) -> Value {
-    let (got, text) = post(addr, path).await;
+    let (got, text) = post_as(addr, path, Some(TOKEN)).await;
     assert_eq!(got, status, "POST {path}: {text}");
     body(&text)
 }
@@ -205,6 +209,16 @@ async fn operators_list_pause_resume_and_trigger_runs_and_follow_one_runs_trace(
     let next = get_json(w, &format!("{path}&page_token={token}"), 200).await;
     assert_ne!(next["runs"][0]["job_id"], page["runs"][0]["job_id"], "the next page moves on");
 
+    // The mutating endpoints need the operator token; the token never shows in an answer.
+    for path in ["/v1/tenants/acme:pause", "/v1/schedules/acme/shop/yearly:trigger"] {
+        let (status, text) = post(c, path).await;
+        assert_eq!((status, body(&text)["code"].clone()), (401, json!("unauthenticated")), "{path}: {text}");
+        let (status, text) = post_as(c, path, Some("operator-token-0123456788")).await;
+        assert_eq!(status, 401, "a wrong token: {text}");
+        assert!(!text.contains(TOKEN));
+    }
+    assert_eq!(tenant(&get_json(c, "/v1/tenants", 200).await, "acme")["paused"], false, "nothing changed");
+
     // Errors: JSON with a code; unknown ids and routes answer 404.
     for (method, path, status, code) in [
         ("GET", "/v1/tenants/nope/schedules", 404, "not_found"),
@@ -241,7 +255,7 @@ async fn check_openapi(addr: SocketAddr, doc: &str) {
         for (method, operation) in operations.as_object().expect("operations") {
             let (status, text) = match method.as_str() {
                 "get" => get(addr, &url).await,
-                "post" => post(addr, &url).await,
+                "post" => post_as(addr, &url, Some(TOKEN)).await,
                 other => panic!("{doc}: method {other} not exercised"),
             };
             let documented: Vec<&String> = operation["responses"].as_object().expect("responses").keys().collect();

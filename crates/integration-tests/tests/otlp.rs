@@ -7,7 +7,7 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
-use integration_tests::{TestDb, app_env, emulator, eventually, get, post as post_to, read_until, tap, unique};
+use integration_tests::{TestDb, app_env, emulator, eventually, get, post_as as post_to, read_until, tap, unique};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use std::collections::HashMap;
@@ -130,6 +130,7 @@ async fn run_one_manual_run() -> (String, String, Option<String>) {
     c.pubsub.project = project;
     c.pubsub.jobs_topic = jobs;
     c.pubsub.create_topics = true;
+    c.admin.token = service_kit::Secret::new("operator-token-0123456789");
     let controller_app = controller::Application::build(c, &app_env()).await.expect("controller");
     let controller_admin = controller_app.admin_addr();
     let controller_task = tokio::spawn(controller_app.run_until_stopped(stop.clone()));
@@ -139,7 +140,8 @@ async fn run_one_manual_run() -> (String, String, Option<String>) {
             .expect("ready");
     }
 
-    let (status, body) = post_to(controller_admin, "/v1/schedules/acme/shop/yearly:trigger").await;
+    let (status, body) =
+        post_to(controller_admin, "/v1/schedules/acme/shop/yearly:trigger", Some("operator-token-0123456789")).await;
     assert_eq!(status, 202, "{body}");
     let answer: serde_json::Value = serde_json::from_str(&body).expect("json");
     let job_id = answer["job_id"].as_str().expect("job id").to_owned();
