@@ -183,19 +183,32 @@ impl Application {
         // schedule and publish until shutdown or until the lease cannot be kept (the database
         // unreachable, another replica took it); then back to standby.
         let result = loop {
-            let watermark = match open_state(&*store, &readiness, &shutdown).await {
-                Ok(true) => match lead(&*store, &identity, lease, &readiness, &shutdown).await {
-                    Ok(true) => store.watermark().await.map_err(anyhow::Error::from),
-                    Ok(false) => break Ok(()),
-                    Err(e) => Err(e),
-                },
+            match open_state(&*store, &readiness, &shutdown).await {
+                Ok(true) => {}
                 Ok(false) => break Ok(()),
-                Err(e) => Err(e),
-            };
-            let watermark = match watermark {
-                Ok(w) => w,
                 Err(e) => break Err(e),
-            };
+            }
+            match lead(&*store, &identity, lease, &readiness, &shutdown).await {
+                Ok(true) => {}
+                Ok(false) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+            // The watermark after the previous leader's last save, and the pauses taken while
+            // this replica was not leading (a standby answers the API too). A database that
+            // fails right now delays the term; it does not stop the controller.
+            let (watermark, all_pauses) =
+                match async { Ok::<_, StateError>((store.watermark().await?, store.pauses().await?)) }.await {
+                    Ok(read) => read,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the state to start leading, retrying in 2s");
+                        readiness.set(CHECK_LEADER, false, format!("cannot read the state to start leading: {e}"));
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break Ok(()),
+                            _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                        }
+                    }
+                };
+            pauses.replace(all_pauses);
             // A term starts from nothing, like a fresh process: the first sync fills the timer
             // and the catch-up replays what was missed since the watermark.
             *timer.lock().unwrap_or_else(|p| p.into_inner()) = Timer::new(settings.placement.strategy);
@@ -207,11 +220,6 @@ impl Application {
                 metrics.clone(),
             );
             (syncer.view, syncer.observed, syncer.status) = (view.clone(), observed.clone(), status.clone());
-            // Pauses taken while this replica was not leading (a standby answers the API too).
-            match store.pauses().await {
-                Ok(all) => pauses.replace(all),
-                Err(e) => break Err(e.into()),
-            }
             syncer.placement = settings.placement.clone();
             syncer.guard =
                 RemovalGuard::new(settings.catalog.max_removal_share, settings.catalog.removal_confirmations);
