@@ -99,6 +99,9 @@ pub async fn run_publisher(
     let mut in_flight: JoinSet<bool> = JoinSet::new();
     // Retries stop when `retry_stop` is cancelled: at the end of the drain.
     let retry_stop = CancellationToken::new();
+    let publish = |run: DueRun| {
+        publish_until_done(sink.clone(), run, settings.clone(), progress.clone(), metrics.clone(), retry_stop.clone())
+    };
     loop {
         tokio::select! {
             biased;
@@ -108,14 +111,7 @@ pub async fn run_publisher(
                 Some(run) if paused(&run, &pauses, &progress, &metrics) => {}
                 Some(run) => {
                     metrics.publish_queue.set(runs.len() as i64);
-                    in_flight.spawn(publish_until_done(
-                        sink.clone(),
-                        run,
-                        settings.clone(),
-                        progress.clone(),
-                        metrics.clone(),
-                        retry_stop.clone(),
-                    ));
+                    in_flight.spawn(publish(run));
                 }
                 None => break,
             },
@@ -128,15 +124,7 @@ pub async fn run_publisher(
     while let Ok(run) = runs.try_recv() {
         if !paused(&run, &pauses, &progress, &metrics) {
             queued += 1;
-            let publish = publish_until_done(
-                sink.clone(),
-                run,
-                settings.clone(),
-                progress.clone(),
-                metrics.clone(),
-                retry_stop.clone(),
-            );
-            in_flight.spawn(publish);
+            in_flight.spawn(publish(run));
         }
     }
     if queued > 0 {

@@ -160,3 +160,41 @@ pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// A controller on the emulator's `project`, publishing to `jobs`, reading the catalog file
+/// `file` every second, its state in `db`, its admin server on a free loopback port.
+pub fn controller_settings(project: &str, jobs: &str, file: &std::path::Path, db: &TestDb) -> controller::Settings {
+    let mut s = controller::Settings::default();
+    s.admin.listen = "127.0.0.1:0".parse().expect("addr");
+    s.platform.source = controller::settings::CatalogSource::File;
+    s.platform.catalog_file = Some(file.to_owned());
+    s.catalog.sync_interval = Duration::from_secs(1);
+    s.pubsub.project = project.into();
+    s.pubsub.jobs_topic = jobs.into();
+    s.pubsub.create_topics = true;
+    s.state.url = service_kit::Secret::new(db.url.clone());
+    s.state.watermark_interval = Duration::from_millis(500);
+    s
+}
+
+/// A worker on the emulator's `project` pulling `jobs` (subscription `{jobs}-workers`,
+/// results to `{jobs}-results`, dead letters to `{jobs}-dead`), the `warehouse` engine and
+/// the run ledger in `db`, its admin server on a free loopback port.
+pub fn worker_settings(project: &str, jobs: &str, db: &TestDb) -> worker::Settings {
+    let mut s = worker::Settings::default();
+    s.admin.listen = "127.0.0.1:0".parse().expect("addr");
+    s.pubsub.project = project.into();
+    s.pubsub.jobs_topic = jobs.into();
+    s.pubsub.jobs_subscription = format!("{jobs}-workers");
+    s.pubsub.results_topic = format!("{jobs}-results");
+    s.pubsub.dead_letter_topic = format!("{jobs}-dead");
+    s.pubsub.create_resources = true;
+    s.pubsub.min_backoff = Duration::from_secs(1);
+    s.pubsub.max_backoff = Duration::from_secs(2);
+    s.engines.insert(
+        "warehouse".into(),
+        worker::settings::EngineSettings { url: service_kit::Secret::new(db.url.clone()), ..Default::default() },
+    );
+    s.ledger.url = service_kit::Secret::new(db.url.clone());
+    s
+}

@@ -38,16 +38,7 @@ impl Service {
 }
 
 async fn start_controller(project: &str, jobs: &str, file: &Path, db: &TestDb) -> Service {
-    let mut s = controller::Settings::default();
-    s.admin.listen = "127.0.0.1:0".parse().expect("addr");
-    s.platform.source = controller::settings::CatalogSource::File;
-    s.platform.catalog_file = Some(file.to_owned());
-    s.catalog.sync_interval = Duration::from_secs(1);
-    s.pubsub.project = project.into();
-    s.pubsub.jobs_topic = jobs.into();
-    s.pubsub.create_topics = true;
-    s.state.url = service_kit::Secret::new(db.url.clone());
-    s.state.watermark_interval = Duration::from_millis(500);
+    let mut s = integration_tests::controller_settings(project, jobs, file, db);
     // Job messages signed by the controller, verified by the worker (rotation: two keys).
     s.signing.keyring = service_kit::Secret::new(KEYRING);
     s.admin.token = service_kit::Secret::new(TOKEN);
@@ -59,21 +50,7 @@ async fn start_controller(project: &str, jobs: &str, file: &Path, db: &TestDb) -
 }
 
 async fn start_worker(project: &str, jobs: &str, db: &TestDb) -> Service {
-    let mut s = worker::Settings::default();
-    s.admin.listen = "127.0.0.1:0".parse().expect("addr");
-    s.pubsub.project = project.into();
-    s.pubsub.jobs_topic = jobs.into();
-    s.pubsub.jobs_subscription = format!("{jobs}-workers");
-    s.pubsub.results_topic = format!("{jobs}-results");
-    s.pubsub.dead_letter_topic = format!("{jobs}-dead");
-    s.pubsub.create_resources = true;
-    s.pubsub.min_backoff = Duration::from_secs(1);
-    s.pubsub.max_backoff = Duration::from_secs(2);
-    s.engines.insert(
-        "warehouse".into(),
-        worker::settings::EngineSettings { url: service_kit::Secret::new(db.url.clone()), ..Default::default() },
-    );
-    s.ledger.url = service_kit::Secret::new(db.url.clone());
+    let mut s = integration_tests::worker_settings(project, jobs, db);
     s.signing.keyring = service_kit::Secret::new(KEYRING);
     let app = worker::Application::build(s, &app_env()).await.expect("worker builds");
     let admin = app.admin_addr();

@@ -106,30 +106,12 @@ async fn run_one_manual_run() -> (String, String, Option<String>) {
     ]}]}]});
     std::fs::write(&file, serde_json::to_vec(&doc).expect("json")).expect("catalog");
 
-    let mut w = worker::Settings::default();
-    w.admin.listen = "127.0.0.1:0".parse().expect("addr");
-    w.pubsub.project = project.clone();
-    w.pubsub.jobs_topic = jobs.clone();
-    w.pubsub.jobs_subscription = format!("{jobs}-workers");
-    w.pubsub.results_topic = format!("{jobs}-results");
-    w.pubsub.dead_letter_topic = format!("{jobs}-dead");
-    w.pubsub.create_resources = true;
-    w.engines.insert(
-        "warehouse".into(),
-        worker::settings::EngineSettings { url: service_kit::Secret::new(db.url.clone()), ..Default::default() },
-    );
-    w.ledger.url = service_kit::Secret::new(db.url.clone());
+    let w = integration_tests::worker_settings(&project, &jobs, &db);
     let worker_app = worker::Application::build(w, &app_env()).await.expect("worker");
     let worker_admin = worker_app.admin_addr();
     let stop = CancellationToken::new();
     let worker_task = tokio::spawn(worker_app.run_until_stopped(stop.clone()));
-    let mut c = controller::Settings::default();
-    c.admin.listen = "127.0.0.1:0".parse().expect("addr");
-    c.platform.source = controller::settings::CatalogSource::File;
-    c.platform.catalog_file = Some(file);
-    c.pubsub.project = project;
-    c.pubsub.jobs_topic = jobs;
-    c.pubsub.create_topics = true;
+    let mut c = integration_tests::controller_settings(&project, &jobs, &file, &db);
     c.admin.token = service_kit::Secret::new("operator-token-0123456789");
     let controller_app = controller::Application::build(c, &app_env()).await.expect("controller");
     let controller_admin = controller_app.admin_addr();

@@ -57,17 +57,7 @@ fn write_catalog(file: &Path, queries: &[(&str, &str)]) {
 }
 
 fn settings(project: &str, jobs: &str, file: &Path, db: &TestDb) -> controller::Settings {
-    let mut s = controller::Settings::default();
-    s.admin.listen = "127.0.0.1:0".parse().expect("addr");
-    s.platform.source = controller::settings::CatalogSource::File;
-    s.platform.catalog_file = Some(file.to_owned());
-    s.catalog.sync_interval = Duration::from_secs(1);
-    s.pubsub.project = project.into();
-    s.pubsub.jobs_topic = jobs.into();
-    s.pubsub.create_topics = true;
-    s.state.url = service_kit::Secret::new(db.url.clone());
-    s.state.watermark_interval = Duration::from_millis(500);
-    s
+    integration_tests::controller_settings(project, jobs, file, db)
 }
 
 fn catalog_file() -> PathBuf {
