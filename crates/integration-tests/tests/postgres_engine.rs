@@ -181,3 +181,30 @@ async fn unsupported_column_types_and_duplicate_names_are_explained() {
     let err = engine.run(&job("acme", "SELECT 1, 2", at(10))).await.expect_err("duplicate");
     assert!(err.message.contains("alias"), "{}", err.message);
 }
+
+#[tokio::test]
+async fn a_destination_that_names_another_schema_or_plays_quoting_tricks_is_refused_and_nothing_is_written() {
+    let (db, engine) = two_tenants().await;
+    for destination in [
+        "tenant_globex.revenue",
+        "\"tenant_globex\".\"revenue\"",
+        "revenue\"; DROP TABLE sales; --",
+        "pg_catalog_copy",
+        "",
+    ] {
+        let mut j = job("acme", REVENUE, at(10));
+        j.destination = destination.into();
+        let err = engine.run(&j).await.expect_err(destination);
+        assert_eq!(err.class, ErrorClass::Permanent, "{destination:?}: {}", err.message);
+        assert!(err.message.contains("destination"), "the error names the field: {}", err.message);
+    }
+    let written = rows(
+        &db,
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema IN ('tenant_acme', 'tenant_globex') \
+         AND table_name <> 'sales'",
+    )
+    .await;
+    assert_eq!(written[0].get::<_, i64>(0), 0, "no table was created anywhere");
+    let sales = rows(&db, "SELECT count(*) FROM tenant_acme.sales").await;
+    assert_eq!(sales[0].get::<_, i64>(0), 4, "the tenant's data is untouched");
+}
