@@ -66,6 +66,8 @@ impl Application {
                     initial_backoff: p.initial_backoff,
                     max_backoff: p.max_backoff,
                     concurrency: p.concurrency,
+                    max_body_bytes: p.max_body_bytes,
+                    max_pages: p.max_pages,
                 })?)
             }
         };

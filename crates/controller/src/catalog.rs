@@ -249,6 +249,8 @@ pub struct CatalogPolicy {
     pub max_timeout: Duration,
     pub default_max_attempts: u32,
     pub max_sql_bytes: usize,
+    /// Schedules one tenant may have; the first ones in the platform's order are kept.
+    pub max_schedules_per_tenant: usize,
 }
 
 impl CatalogPolicy {
@@ -262,6 +264,7 @@ impl CatalogPolicy {
             max_timeout: Duration::from_secs(3600),
             default_max_attempts: 3,
             max_sql_bytes: 256 * 1024,
+            max_schedules_per_tenant: 10_000,
         }
     }
 }
@@ -414,6 +417,7 @@ pub fn validate(raw: RawCatalog, policy: &CatalogPolicy) -> Catalog {
         let tenant_weight = doc.weight.unwrap_or(1.0) as f32;
         let tenant_key: Arc<str> = Arc::from(tenant_id);
         let mut seen_apps = HashSet::new();
+        let mut tenant_schedules = 0usize;
 
         for raw_app in &raw_tenant.apps {
             let app_problem = |field, value: &str, reason: String, id: &str| Problem {
@@ -467,7 +471,23 @@ pub fn validate(raw: RawCatalog, policy: &CatalogPolicy) -> Catalog {
                     Lenient::Bad { error, .. } => Err(("document", String::new(), error.clone())),
                     Lenient::Ok(q) => validate_query(q, tenant_tz, policy, &mut seen_queries, &mut cadences)
                         .map_err(|(field, reason)| (field, field_value(q, field), reason)),
-                };
+                }
+                .and_then(|parts| {
+                    if tenant_schedules < policy.max_schedules_per_tenant {
+                        tenant_schedules += 1;
+                        Ok(parts)
+                    } else {
+                        Err((
+                            "id",
+                            query_id_hint.clone(),
+                            format!(
+                                "the tenant already has {} schedules, the limit catalog.max_schedules_per_tenant; \
+                                 the first ones in the platform's order are kept",
+                                policy.max_schedules_per_tenant
+                            ),
+                        ))
+                    }
+                });
                 match result {
                     Ok(parts) => {
                         let key = ScheduleKey {
@@ -677,6 +697,27 @@ mod tests {
         let again = validate(file.into(), &policy);
         assert!(again.problems.is_empty(), "{:#?}", again.problems);
         assert_eq!(again.schedules, first.schedules);
+    }
+
+    #[test]
+    fn a_tenant_past_its_schedule_limit_keeps_the_first_ones_and_the_rest_are_skipped_naming_the_limit() {
+        let mut policy = CatalogPolicy::for_tests();
+        policy.max_schedules_per_tenant = 2;
+        let mut raw = one_tenant(vec![query("q1"), json!({"id": "broken"}), query("q2"), query("q3")]);
+        raw.tenants.push(RawTenant::json(
+            json!({"id": "globex", "status": "active"}),
+            vec![json!({"id": "a", "queries": [query("g1"), query("g2")]})],
+        ));
+        let c = validate(raw, &policy);
+        let kept: Vec<String> = c.schedules.keys().map(ToString::to_string).collect();
+        assert_eq!(
+            kept,
+            ["acme/sales/q1", "acme/sales/q2", "globex/a/g1", "globex/a/g2"],
+            "an invalid query takes no place"
+        );
+        let over: Vec<&Problem> = c.problems.iter().filter(|p| p.reason.contains("max_schedules_per_tenant")).collect();
+        assert_eq!(over.len(), 1, "{:#?}", c.problems);
+        assert_eq!((over[0].query_id.as_deref(), over[0].field), (Some("q3"), "id"));
     }
 
     fn only_problem(c: &Catalog) -> &Problem {

@@ -21,6 +21,10 @@ pub enum PlatformError {
     Status { path: String, status: u16, body: String },
     #[error("GET {path} returned a body that is not a {what} page: {reason}")]
     Body { path: String, what: &'static str, reason: String },
+    #[error("GET {path} returned a body over {limit} bytes, the limit platform.max_body_bytes")]
+    TooLarge { path: String, limit: usize },
+    #[error("GET {path} still had a next page after {limit} pages, the limit platform.max_pages")]
+    TooManyPages { path: String, limit: usize },
     #[error("cannot read the platform token: {0}")]
     Token(String),
     #[error("cannot read catalog file {path}: {reason}")]
@@ -39,6 +43,10 @@ pub struct ApiSettings {
     pub max_backoff: Duration,
     /// Apps requests in flight at once.
     pub concurrency: usize,
+    /// Bytes one page's body may have.
+    pub max_body_bytes: usize,
+    /// Pages one listing may have.
+    pub max_pages: usize,
 }
 
 /// Where the bearer token comes from. Read at every sync, so a rotated secret file is
@@ -106,7 +114,8 @@ impl PlatformClient {
         let token = self.settings.token.read()?;
         let mut tenants = Vec::new();
         let mut page_token: Option<String> = None;
-        loop {
+        for pages in 1.. {
+            self.check_pages("/v1/tenants", pages)?;
             let page: TenantsPage = self.get_page("/v1/tenants", page_token.as_deref(), &token, "tenants").await?;
             tenants.extend(page.tenants);
             match page.next_page_token.filter(|t| !t.is_empty()) {
@@ -137,12 +146,45 @@ impl PlatformClient {
         let path = format!("/v1/tenants/{}/apps", urlencode(tenant_id));
         let mut apps = Vec::new();
         let mut page_token: Option<String> = None;
-        loop {
+        for pages in 1.. {
+            self.check_pages(&path, pages)?;
             let page: AppsPage = self.get_page(&path, page_token.as_deref(), token, "apps").await?;
             apps.extend(page.apps);
             match page.next_page_token.filter(|t| !t.is_empty()) {
                 Some(next) => page_token = Some(next),
-                None => return Ok(apps),
+                None => break,
+            }
+        }
+        Ok(apps)
+    }
+
+    /// `Err` when page number `page` of `path` is past `max_pages`.
+    fn check_pages(&self, path: &str, page: usize) -> Result<(), PlatformError> {
+        if page > self.settings.max_pages {
+            return Err(PlatformError::TooManyPages { path: path.to_owned(), limit: self.settings.max_pages });
+        }
+        Ok(())
+    }
+
+    /// The body of `resp`, refused as soon as it is over `max_body_bytes` (by its
+    /// `Content-Length`, or while it streams in).
+    async fn body(&self, mut resp: reqwest::Response, path: &str) -> Result<Result<Vec<u8>, String>, PlatformError> {
+        let limit = self.settings.max_body_bytes;
+        let too_large = || PlatformError::TooLarge { path: path.to_owned(), limit };
+        if resp.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > limit {
+                        return Err(too_large());
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(Ok(body)),
+                Err(e) => return Ok(Err(format!("reading the body failed: {}", without_url(&e)))),
             }
         }
     }
@@ -164,19 +206,16 @@ impl PlatformClient {
             attempt += 1;
             let sent = self.http.get(&url).query(&query).bearer_auth(token.expose()).send().await;
             let (last, retry_after) = match sent {
-                Ok(resp) if resp.status().is_success() => {
-                    let bytes = resp.bytes().await;
-                    match bytes {
-                        Ok(bytes) => {
-                            return serde_json::from_slice(&bytes).map_err(|e| PlatformError::Body {
-                                path: path.to_owned(),
-                                what,
-                                reason: e.to_string(),
-                            });
-                        }
-                        Err(e) => (format!("reading the body failed: {}", without_url(&e)), None),
+                Ok(resp) if resp.status().is_success() => match self.body(resp, path).await? {
+                    Ok(bytes) => {
+                        return serde_json::from_slice(&bytes).map_err(|e| PlatformError::Body {
+                            path: path.to_owned(),
+                            what,
+                            reason: e.to_string(),
+                        });
                     }
-                }
+                    Err(last) => (last, None),
+                },
                 Ok(resp) => {
                     let status = resp.status();
                     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {

@@ -134,6 +134,11 @@ pub struct PlatformSettings {
     pub max_backoff: Duration,
     /// Tenants whose apps are fetched concurrently.
     pub concurrency: usize,
+    /// Bytes one page's body may have; a bigger page fails the sync.
+    pub max_body_bytes: usize,
+    /// Pages one listing (the tenants, one tenant's apps) may have; more fails the sync (a
+    /// platform that keeps answering with a next page token would otherwise never end it).
+    pub max_pages: usize,
 }
 
 impl Default for PlatformSettings {
@@ -150,6 +155,8 @@ impl Default for PlatformSettings {
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             concurrency: 8,
+            max_body_bytes: 32 * 1024 * 1024,
+            max_pages: 10_000,
         }
     }
 }
@@ -172,6 +179,8 @@ pub struct CatalogSettings {
     pub max_timeout: Duration,
     pub default_max_attempts: u32,
     pub max_sql_bytes: usize,
+    /// Schedules one tenant may have; past it, the tenant's further queries are skipped.
+    pub max_schedules_per_tenant: usize,
     /// A sync that would remove more than this share of the schedules in force is held back
     /// until the same answer comes `removal_confirmations` times in a row.
     pub max_removal_share: f64,
@@ -189,6 +198,7 @@ impl Default for CatalogSettings {
             max_timeout: Duration::from_secs(3600),
             default_max_attempts: 3,
             max_sql_bytes: 256 * 1024,
+            max_schedules_per_tenant: 10_000,
             max_removal_share: 0.5,
             removal_confirmations: 3,
         }
@@ -205,6 +215,7 @@ impl CatalogSettings {
             max_timeout: self.max_timeout,
             default_max_attempts: self.default_max_attempts,
             max_sql_bytes: self.max_sql_bytes,
+            max_schedules_per_tenant: self.max_schedules_per_tenant,
         }
     }
 }
@@ -363,6 +374,12 @@ impl Validate for Settings {
         if pl.request_timeout.is_zero() {
             p.push("platform.request_timeout must be above 0".into());
         }
+        if pl.max_body_bytes < 1024 {
+            p.push(format!("platform.max_body_bytes {} must be at least 1024", pl.max_body_bytes));
+        }
+        if pl.max_pages == 0 {
+            p.push("platform.max_pages must be above 0".into());
+        }
         if pl.max_attempts == 0 {
             p.push("platform.max_attempts must be at least 1".into());
         }
@@ -390,6 +407,9 @@ impl Validate for Settings {
         }
         if c.max_sql_bytes == 0 {
             p.push("catalog.max_sql_bytes must be above 0".into());
+        }
+        if c.max_schedules_per_tenant == 0 {
+            p.push("catalog.max_schedules_per_tenant must be above 0".into());
         }
         let pl = &self.placement;
         if pl.default_duration.is_zero() {

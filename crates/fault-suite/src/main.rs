@@ -121,7 +121,7 @@ impl Env {
         let db = TestDb::create().await;
         let tenants = tenant_ids(setup.tenants);
         for t in &tenants {
-            db.client.batch_execute(&format!("CREATE SCHEMA tenant_{t}")).await?;
+            db.provision_tenant(t, "").await;
         }
         let queries = queries_doc(setup.queries, &format!("*/{} * * * * *", setup.every));
         let catalog = if setup.platform {
@@ -223,6 +223,8 @@ impl Env {
                 ("WORKER_LEDGER__REPUBLISH_AFTER", "25s".into()),
                 ("WORKER_LEDGER__SWEEP_INTERVAL", "5s".into()),
                 ("WORKER_ENGINES__WAREHOUSE__URL", self.db.url.clone()),
+                ("WORKER_ENGINES__WAREHOUSE__ROLE_TEMPLATE", self.db.role_template()),
+                ("WORKER_ENGINES__WAREHOUSE__TENANT_PASSWORD_KEY", integration_tests::TENANT_PASSWORD_KEY.into()),
             ],
         )
     }
@@ -535,7 +537,7 @@ async fn leader_kill(bin: &Path, short: bool) -> anyhow::Result<Outcome> {
     // The hand-over: the standby's /readyz names itself leader.
     let mut handover = Duration::from_secs(60);
     while killed.elapsed() < Duration::from_secs(60) {
-        if readyz(port_b).await.contains("leader (") {
+        if checks(port_b).await.contains("leader (") {
             handover = killed.elapsed();
             break;
         }
@@ -546,9 +548,9 @@ async fn leader_kill(bin: &Path, short: bool) -> anyhow::Result<Outcome> {
     Ok(finish(&env, name, every, from, &mut [&mut standby], &mut workers, handover).await)
 }
 
-/// `/readyz` of a controller on a loopback port, as text.
-async fn readyz(port: u16) -> String {
-    integration_tests::get(([127, 0, 0, 1], port).into(), "/readyz").await.1
+/// `/v1/checks` of a controller on a loopback port, as text.
+async fn checks(port: u16) -> String {
+    integration_tests::get(([127, 0, 0, 1], port).into(), "/v1/checks").await.1
 }
 
 const SCENARIOS: [&str; 6] =

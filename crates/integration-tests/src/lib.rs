@@ -83,8 +83,26 @@ pub async fn read_until(
 
 /// A fresh database on the test PostgreSQL.
 pub struct TestDb {
+    pub name: String,
     pub url: String,
     pub client: tokio_postgres::Client,
+}
+
+/// `deploy/sql/provision-tenant.sql`: what the tests provision tenants with is what the README
+/// tells operators to run.
+pub const PROVISION_TENANT_SQL: &str = include_str!("../../../deploy/sql/provision-tenant.sql");
+/// `deploy/sql/worker-role.sql`.
+pub const WORKER_ROLE_SQL: &str = include_str!("../../../deploy/sql/worker-role.sql");
+
+/// `script` with psql's variables substituted as psql does: `:"name"` as an identifier,
+/// `:'name'` as a literal.
+pub fn psql_script(script: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = script.to_owned();
+    for (name, value) in vars {
+        out = out.replace(&format!(":\"{name}\""), &format!("\"{}\"", value.replace('"', "\"\"")));
+        out = out.replace(&format!(":'{name}'"), &format!("'{}'", value.replace('\'', "''")));
+    }
+    out
 }
 
 impl TestDb {
@@ -98,9 +116,59 @@ impl TestDb {
             None => panic!("TEST_DATABASE_URL {admin_url:?} has no database part"),
         };
         let client = connect(&url).await;
-        TestDb { url, client }
+        TestDb { name, url, client }
+    }
+
+    /// `engines.<name>.role_template` for this database. Roles belong to the whole cluster,
+    /// so each test database has tenant roles of its own.
+    pub fn role_template(&self) -> String {
+        format!("{}_tenant_{{tenant_id}}", self.name)
+    }
+
+    /// The logins of this database's tenants (their passwords from [`TENANT_PASSWORD_KEY`]).
+    pub fn tenant_logins(&self) -> worker::engines::postgres::TenantLogins {
+        worker::engines::postgres::TenantLogins {
+            role_template: self.role_template(),
+            password_key: service_kit::Secret::new(TENANT_PASSWORD_KEY),
+            previous_key: None,
+        }
+    }
+
+    /// The role `tenant`'s runs log in as.
+    pub fn tenant_role(&self, tenant: &str) -> String {
+        self.tenant_logins().role_for(tenant)
+    }
+
+    /// Provisions `tenant` with `deploy/sql/provision-tenant.sql` (its login role, with the
+    /// password the worker derives, and its schema `tenant_{tenant}` owned by the role), then
+    /// runs `seed` as that role, so the tables it creates are the tenant's.
+    pub async fn provision_tenant(&self, tenant: &str, seed: &str) {
+        let logins = self.tenant_logins();
+        let role = logins.role_for(tenant);
+        let password = logins.password_for(&role);
+        let script = psql_script(
+            PROVISION_TENANT_SQL,
+            &[
+                ("tenant_role", &role),
+                ("tenant_schema", &format!("tenant_{tenant}")),
+                ("tenant_password", password.expose()),
+            ],
+        );
+        self.client.batch_execute(&script).await.unwrap_or_else(|e| panic!("provision tenant {tenant}: {e}"));
+        let seed = format!("SET ROLE \"{}\"; {seed}; RESET ROLE;", role.replace('"', "\"\""));
+        self.client.batch_execute(&seed).await.unwrap_or_else(|e| panic!("seed tenant {tenant}: {e}"));
+    }
+
+    /// This database's URL logged in as `user` with `password`.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        let (scheme, rest) = self.url.split_once("://").expect("a URL");
+        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        format!("{scheme}://{user}:{password}@{host}")
     }
 }
+
+/// The key the tests' tenant passwords are derived from.
+pub const TENANT_PASSWORD_KEY: &str = "test-tenant-password-key-0123456789";
 
 /// Connects and drives the connection in the background.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
@@ -193,7 +261,12 @@ pub fn worker_settings(project: &str, jobs: &str, db: &TestDb) -> worker::Settin
     s.pubsub.max_backoff = Duration::from_secs(2);
     s.engines.insert(
         "warehouse".into(),
-        worker::settings::EngineSettings { url: service_kit::Secret::new(db.url.clone()), ..Default::default() },
+        worker::settings::EngineSettings {
+            url: service_kit::Secret::new(db.url.clone()),
+            role_template: db.role_template(),
+            tenant_password_key: service_kit::Secret::new(TENANT_PASSWORD_KEY),
+            ..Default::default()
+        },
     );
     s.ledger.url = service_kit::Secret::new(db.url.clone());
     s

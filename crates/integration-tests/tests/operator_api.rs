@@ -98,7 +98,8 @@ async fn operators_list_pause_resume_and_trigger_runs_and_follow_one_runs_trace(
     let bus = emulator(&project);
     let results_tap = tap(&bus, &format!("{jobs}-results")).await;
     let db = TestDb::create().await;
-    db.client.batch_execute("CREATE SCHEMA tenant_acme; CREATE SCHEMA tenant_globex;").await.expect("schemas");
+    db.provision_tenant("acme", "").await;
+    db.provision_tenant("globex", "").await;
     let file = std::env::temp_dir().join(unique("catalog")).with_extension("json");
     write_catalog(&file);
     let worker = start_worker(&project, &jobs, &db).await;
@@ -209,6 +210,13 @@ async fn operators_list_pause_resume_and_trigger_runs_and_follow_one_runs_trace(
         let v = if method == "GET" { get_json(c, path, status).await } else { post_json(c, path, status).await };
         assert_eq!(v["code"], code, "{method} {path}: {v}");
         assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+
+    // Health says the status and nothing more; the details are the operator's, at /v1/checks.
+    for addr in [c, w] {
+        assert_eq!(get_json(addr, "/readyz", 200).await, json!({"status": "ready"}));
+        let checks = get_json(addr, "/v1/checks", 200).await;
+        assert!(checks["checks"]["pubsub"]["detail"].as_str().is_some_and(|d| !d.is_empty()), "{checks}");
     }
 
     // Every documented operation is served and answers one of its documented statuses.

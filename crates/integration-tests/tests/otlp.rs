@@ -99,7 +99,7 @@ async fn run_one_manual_run() -> (String, String, Option<String>) {
     let bus = emulator(&project);
     let results_tap = tap(&bus, &format!("{jobs}-results")).await;
     let db = TestDb::create().await;
-    db.client.batch_execute("CREATE SCHEMA tenant_acme").await.expect("schema");
+    db.provision_tenant("acme", "").await;
     let file = std::env::temp_dir().join(unique("catalog")).with_extension("json");
     let doc = serde_json::json!({"tenants": [{"id": "acme", "status": "active", "apps": [{"id": "shop", "queries": [
         {"id": "yearly", "schedule": "0 0 1 1 *", "engine": "warehouse", "sql": "SELECT 1 AS one", "destination": "out"}

@@ -19,23 +19,11 @@ struct Topics {
 }
 
 fn worker_settings(t: &Topics, db: &TestDb) -> worker::Settings {
-    let mut s = worker::Settings::default();
-    s.admin.listen = "127.0.0.1:0".parse().expect("addr");
-    s.pubsub.project = t.project.clone();
-    s.pubsub.jobs_topic = t.jobs.clone();
-    s.pubsub.jobs_subscription = format!("{}-workers", t.jobs);
+    let mut s = integration_tests::worker_settings(&t.project, &t.jobs, db);
     s.pubsub.results_topic = t.results.clone();
     s.pubsub.dead_letter_topic = t.dead_letter.clone();
-    s.pubsub.create_resources = true;
-    s.pubsub.min_backoff = Duration::from_secs(1);
-    s.pubsub.max_backoff = Duration::from_secs(2);
     s.runner.max_in_flight = 4;
     s.runner.grace_period = Duration::from_secs(5);
-    s.engines.insert(
-        "warehouse".into(),
-        worker::settings::EngineSettings { url: service_kit::Secret::new(db.url.clone()), ..Default::default() },
-    );
-    s.ledger.url = service_kit::Secret::new(db.url.clone());
     s
 }
 
@@ -60,13 +48,14 @@ async fn scheduled_runs_travel_from_the_platform_to_each_tenants_table_exactly_o
     let jobs_tap = tap(&bus, &topics.jobs).await;
     let db = TestDb::create().await;
     for (tenant, orders) in [("acme", 3), ("globex", 5)] {
-        db.client
-            .batch_execute(&format!(
-                "CREATE SCHEMA tenant_{tenant}; CREATE TABLE tenant_{tenant}.orders (id int);
-                 INSERT INTO tenant_{tenant}.orders SELECT generate_series(1, {orders});"
-            ))
-            .await
-            .expect("seed");
+        db.provision_tenant(
+            tenant,
+            &format!(
+                "CREATE TABLE tenant_{tenant}.orders (id int);
+                 INSERT INTO tenant_{tenant}.orders SELECT generate_series(1, {orders})"
+            ),
+        )
+        .await;
     }
 
     // The platform: paged tenants (one page empty), a suspended tenant, invalid items,

@@ -11,7 +11,11 @@ use std::time::Duration;
 const TOKEN: &str = "s3cret-platform-token";
 
 fn client(platform: &FakePlatform, token: TokenSource) -> PlatformClient {
-    PlatformClient::new(ApiSettings {
+    client_with(platform, token, |_| {})
+}
+
+fn client_with(platform: &FakePlatform, token: TokenSource, tweak: impl FnOnce(&mut ApiSettings)) -> PlatformClient {
+    let mut settings = ApiSettings {
         base_url: platform.base_url(),
         token,
         page_size: 2,
@@ -20,8 +24,11 @@ fn client(platform: &FakePlatform, token: TokenSource) -> PlatformClient {
         initial_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(200),
         concurrency: 4,
-    })
-    .expect("client")
+        max_body_bytes: 1024 * 1024,
+        max_pages: 100,
+    };
+    tweak(&mut settings);
+    PlatformClient::new(settings).expect("client")
 }
 
 fn env_token(value: &str) -> TokenSource {
@@ -116,4 +123,27 @@ async fn persistent_server_errors_fail_the_fetch_after_the_configured_attempts()
     let err = client(&platform, env_token(TOKEN)).fetch().await.expect_err("gives up");
     assert!(matches!(err, PlatformError::Exhausted { attempts: 5, .. }), "{err:?}");
     assert!(err.to_string().contains("HTTP 502"), "{err}");
+}
+
+#[tokio::test]
+async fn a_page_over_the_body_limit_or_a_listing_past_the_page_limit_fails_naming_the_limit() {
+    let platform = FakePlatform::start(TOKEN).await;
+    platform.set_tenant_pages(vec![vec![tenant("acme", "active")]]);
+    let big = format!(r#"{{"apps": [], "padding": "{}", "next_page_token": null}}"#, "x".repeat(5000));
+    platform.inject("/v1/tenants/acme/apps", [Fault::Body(big)]);
+    let small = client_with(&platform, env_token(TOKEN), |s| s.max_body_bytes = 4096);
+    let err = small.fetch().await.expect_err("too large");
+    assert!(matches!(err, PlatformError::TooLarge { limit: 4096, .. }), "{err:?}");
+    assert!(err.to_string().contains("platform.max_body_bytes"), "{err}");
+    assert_eq!(platform.requests().len(), 2, "a page over the limit is not retried");
+
+    // Five pages of tenants, at most three allowed.
+    platform.set_tenant_pages((0..5).map(|i| vec![tenant(&format!("t{i}"), "active")]).collect());
+    let few = client_with(&platform, env_token(TOKEN), |s| s.max_pages = 3);
+    let err = few.fetch().await.expect_err("too many pages");
+    assert!(matches!(err, PlatformError::TooManyPages { limit: 3, .. }), "{err:?}");
+    assert!(err.to_string().contains("platform.max_pages") && err.to_string().contains("/v1/tenants"), "{err}");
+    // Within the limits, the same platform reads whole.
+    let raw = client(&platform, env_token(TOKEN)).fetch().await.expect("fetch");
+    assert_eq!(raw.tenants.len(), 5);
 }

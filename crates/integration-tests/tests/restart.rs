@@ -26,13 +26,12 @@ impl Controller {
         Controller { admin, shutdown, task }
     }
 
+    /// Waits for `/readyz` to say ready; returns the checks' details (`/v1/checks`).
     async fn ready(&self) -> String {
-        eventually(Duration::from_secs(30), || async {
-            let (status, body) = get(self.admin, "/readyz").await;
-            (status == 200).then_some(body)
-        })
-        .await
-        .expect("controller ready")
+        eventually(Duration::from_secs(30), || async { (get(self.admin, "/readyz").await.0 == 200).then_some(()) })
+            .await
+            .expect("controller ready");
+        get(self.admin, "/v1/checks").await.1
     }
 
     async fn metrics(&self) -> String {
@@ -134,8 +133,8 @@ async fn without_the_platform_the_controller_starts_from_the_last_good_catalog()
     s.platform.max_attempts = 1;
     s.platform.request_timeout = Duration::from_secs(1);
     let second = Controller::start(s).await;
-    let ready = second.ready().await;
-    assert!(ready.contains("last good catalog"), "/readyz says so: {ready}");
+    let checks = second.ready().await;
+    assert!(checks.contains("last good catalog"), "/v1/checks says so: {checks}");
     let published = read_until(&bus, &jobs_tap, Duration::from_secs(15), |got| got.len() >= 3).await;
     let m = second.metrics().await;
     assert!(
@@ -144,7 +143,7 @@ async fn without_the_platform_the_controller_starts_from_the_last_good_catalog()
         published.len(),
         metric(&m, "controller_runs_due_total"),
         metric(&m, "controller_runs_published_total"),
-        get(second.admin, "/readyz").await.1
+        get(second.admin, "/v1/checks").await.1
     );
     let (status, body) = get(second.admin, "/v1/tenants/acme/schedules").await;
     assert_eq!(status, 200, "{body}");
@@ -260,7 +259,7 @@ async fn a_standby_takes_over_when_the_leader_stops_and_no_run_is_lost() {
     leader.stop().await;
     let stopped = std::time::Instant::now();
     eventually(Duration::from_secs(10), || async {
-        get(standby.admin, "/readyz").await.1.contains("leader (").then_some(())
+        get(standby.admin, "/v1/checks").await.1.contains("leader (").then_some(())
     })
     .await
     .expect("the standby takes over");

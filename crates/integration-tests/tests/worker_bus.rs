@@ -28,30 +28,18 @@ async fn start_worker_with(tweak: impl FnOnce(&mut worker::Settings)) -> Harness
     integration_tests::init_logs();
     let project = unique("proj");
     let bus = emulator(&project);
-    let (jobs, results, dead) = (unique("jobs"), unique("results"), unique("dead"));
-    let results_tap = tap(&bus, &results).await;
-    let dead_tap = tap(&bus, &dead).await;
+    let jobs = unique("jobs");
+    let results_tap = tap(&bus, &format!("{jobs}-results")).await;
+    let dead_tap = tap(&bus, &format!("{jobs}-dead")).await;
     let db = TestDb::create().await;
-    db.client
-        .batch_execute("CREATE SCHEMA tenant_acme; CREATE TABLE tenant_acme.orders (id int); INSERT INTO tenant_acme.orders VALUES (1), (2);")
-        .await
-        .expect("seed");
-    let mut s = worker::Settings::default();
-    s.admin.listen = "127.0.0.1:0".parse().expect("addr");
-    s.pubsub.project = project;
-    s.pubsub.jobs_topic = jobs.clone();
-    s.pubsub.jobs_subscription = format!("{jobs}-workers");
-    s.pubsub.results_topic = results;
-    s.pubsub.dead_letter_topic = dead;
-    s.pubsub.create_resources = true;
-    s.pubsub.min_backoff = Duration::from_secs(1);
+    db.provision_tenant(
+        "acme",
+        "CREATE TABLE tenant_acme.orders (id int); INSERT INTO tenant_acme.orders VALUES (1), (2)",
+    )
+    .await;
+    let mut s = integration_tests::worker_settings(&project, &jobs, &db);
     s.pubsub.max_backoff = Duration::from_secs(1);
     s.runner.grace_period = Duration::from_secs(2);
-    s.engines.insert(
-        "warehouse".into(),
-        worker::settings::EngineSettings { url: service_kit::Secret::new(db.url.clone()), ..Default::default() },
-    );
-    s.ledger.url = service_kit::Secret::new(db.url.clone());
     // The sweeper quickly, for the lost-message test.
     s.ledger.republish_after = Duration::from_secs(2);
     s.ledger.sweep_interval = Duration::from_secs(1);
@@ -358,9 +346,16 @@ async fn publish_signed(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn unsigned_forged_tampered_and_unknown_key_messages_are_dead_lettered_and_never_run() {
+async fn unsigned_forged_tampered_unknown_key_and_oversized_messages_are_dead_lettered_and_never_run() {
     // The worker accepts both keys of a rotation.
-    let h = start_worker_with(|s| s.signing.keyring = service_kit::Secret::new(format!("{OLD_KEY},{NEW_KEY}"))).await;
+    let h = start_worker_with(|s| {
+        s.signing.keyring = service_kit::Secret::new(format!("{OLD_KEY},{NEW_KEY}"));
+        s.runner.max_message_bytes = 8192;
+    })
+    .await;
+    // Signed properly, but over runner.max_message_bytes.
+    let oversized = job("oversized", &format!("SELECT 1 AS x -- {}", "x".repeat(9000)));
+    publish_signed(&h, &oversized, NEW_KEY, |_, _| {}).await;
     let unsigned = job("unsigned", "SELECT 1 AS x");
     publish(&h, &unsigned).await;
     let unknown = job("unknown-key", "SELECT 1 AS x");
@@ -386,8 +381,9 @@ async fn unsigned_forged_tampered_and_unknown_key_messages_are_dead_lettered_and
     let good_new = job("good-new", "SELECT 1 AS x");
     publish_signed(&h, &good_new, &format!("{OLD_KEY}\n{NEW_KEY}"), |_, _| {}).await;
 
-    let dead = read_until(&h.bus, &h.dead_tap, Duration::from_secs(30), |got| got.len() >= 5).await;
+    let dead = read_until(&h.bus, &h.dead_tap, Duration::from_secs(30), |got| got.len() >= 6).await;
     for (job, reason) in [
+        (&oversized, "too_large"),
         (&unsigned, "unsigned"),
         (&unknown, "unknown_key"),
         (&forged, "bad_signature"),
@@ -401,19 +397,20 @@ async fn unsigned_forged_tampered_and_unknown_key_messages_are_dead_lettered_and
     let ran: Vec<String> =
         results.iter().filter_map(|m| ResultEvent::decode(&m.data).ok()).map(|e| e.query_id).collect();
     assert!(ran.contains(&"good-old".to_string()) && ran.contains(&"good-new".to_string()), "{ran:?}");
-    for refused in ["unsigned", "unknown-key", "forged", "tampered", "moved"] {
+    for refused in ["oversized", "unsigned", "unknown-key", "forged", "tampered", "moved"] {
         assert!(!ran.contains(&refused.to_string()), "{refused} must never run");
     }
     let rows: i64 = h
         .db
         .client
-        .query_one("SELECT count(*) FROM sqo_ledger.runs WHERE query_id IN ('unsigned','unknown-key','forged','tampered','moved')", &[])
+        .query_one("SELECT count(*) FROM sqo_ledger.runs WHERE query_id IN ('oversized','unsigned','unknown-key','forged','tampered','moved')", &[])
         .await
         .expect("count")
         .get(0);
     assert_eq!(rows, 0, "refused messages never reach the ledger");
     let metrics = get(h.admin, "/metrics").await.1;
     assert_eq!(metric(&metrics, r#"worker_jobs_total{outcome="rejected",error_class="signature"}"#), Some(5.0));
+    assert_eq!(metric(&metrics, r#"worker_jobs_total{outcome="rejected",error_class="too_large"}"#), Some(1.0));
     h.shutdown.cancel();
     h.task.await.expect("join").expect("stops cleanly");
 }

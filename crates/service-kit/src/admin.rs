@@ -1,6 +1,7 @@
 //! The admin HTTP server every binary runs on its own port: `/livez` (the process
-//! answers), `/readyz` (every readiness check passes; the detail names the failing ones)
-//! and `/metrics` (Prometheus text). Binaries merge their own routes into it.
+//! answers), `/readyz` (every readiness check passes: the status and nothing more, since
+//! probes and load balancers may reach it), `/v1/checks` (each check with its detail, for
+//! operators) and `/metrics` (Prometheus text). Binaries merge their own routes into it.
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -54,11 +55,21 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/livez", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/readyz", get(readyz))
+        .route("/v1/checks", get(checks))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
 
+/// `{"status": "ready"}` or `{"status": "not ready"}`, with 200 or 503: no detail (an
+/// error text may name hosts or carry a server's message).
 async fn readyz(State(state): State<AdminState>) -> Response {
+    let ready = state.readiness.is_ready();
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(serde_json::json!({"status": if ready { "ready" } else { "not ready" }}))).into_response()
+}
+
+/// Every readiness check with its detail; 200 or 503 as `/readyz`.
+async fn checks(State(state): State<AdminState>) -> Response {
     let checks = state.readiness.snapshot();
     let ready = checks.values().all(|(ok, _)| *ok);
     let body = serde_json::json!({

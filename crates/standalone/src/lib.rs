@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use worker::engines::Engine;
+use worker::engines::ResultLimits;
 use worker::engines::sqlite::SqliteEngine;
 use worker::runner::Runner;
 
@@ -108,8 +109,11 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
 
     let mut registry = prometheus_registry();
     let worker_metrics = worker::metrics::Metrics::register(&mut registry);
-    let engines: BTreeMap<String, Arc<dyn Engine>> =
-        [(ENGINE.to_owned(), Arc::new(SqliteEngine::new(&options.data_dir, 1_000_000)) as Arc<dyn Engine>)].into();
+    let engines: BTreeMap<String, Arc<dyn Engine>> = [(
+        ENGINE.to_owned(),
+        Arc::new(SqliteEngine::new(&options.data_dir, ResultLimits::default())) as Arc<dyn Engine>,
+    )]
+    .into();
     let outputs = Arc::new(LocalOutputs {
         counters: counters.clone(),
         dead_letter_file: options.data_dir.join("dead-letters.jsonl"),

@@ -2,8 +2,9 @@
 //! until the shutdown token is cancelled.
 
 use crate::consumer::{ConsumerSettings, run_consumer};
-use crate::engines::Engine;
 use crate::engines::postgres::PostgresEngine;
+use crate::engines::postgres::{TenantLogins, TenantScope};
+use crate::engines::{Engine, ResultLimits};
 use crate::ledger::postgres::{MigrateError, PostgresLedger};
 use crate::ledger::{Ledger, worker_identity};
 use crate::metrics::Metrics;
@@ -70,8 +71,27 @@ impl Application {
         let mut engines: BTreeMap<String, Arc<dyn Engine>> = BTreeMap::new();
         for (name, e) in &settings.engines {
             let engine = match e.kind {
-                EngineKind::Postgres => PostgresEngine::new(&e.url, e.pool_size, &e.schema_template, e.max_rows)
-                    .map_err(|err| anyhow::anyhow!("engines.{name}: {err}"))?,
+                EngineKind::Postgres => {
+                    if e.role_template.is_empty() {
+                        tracing::warn!(
+                            engine = %name,
+                            "engines.{name}.role_template is empty: every tenant's queries log in as the engine's own \
+                             role, so one tenant's query can read what that role can read of other tenants"
+                        );
+                    }
+                    let scope = TenantScope {
+                        schema_template: e.schema_template.clone(),
+                        logins: (!e.role_template.is_empty()).then(|| TenantLogins {
+                            role_template: e.role_template.clone(),
+                            password_key: e.tenant_password_key.clone(),
+                            previous_key: (!e.tenant_password_key_previous.is_empty())
+                                .then(|| e.tenant_password_key_previous.clone()),
+                        }),
+                    };
+                    let limits = ResultLimits { max_rows: e.max_rows, max_bytes: e.max_result_bytes };
+                    PostgresEngine::new(&e.url, e.pool_size, scope, limits)
+                        .map_err(|err| anyhow::anyhow!("engines.{name}: {err}"))?
+                }
             };
             engines.insert(name.clone(), Arc::new(engine));
         }
@@ -168,7 +188,8 @@ impl Application {
         }
         let runner = Arc::new(
             Runner::new(engines.clone(), outputs, metrics.clone(), settings.runner.max_timeout, access)
-                .with_keys(keys.clone()),
+                .with_keys(keys.clone())
+                .with_max_message_bytes(settings.runner.max_message_bytes),
         );
         let work = shutdown.child_token();
         let mut tasks = Supervisor::new(work.clone());

@@ -22,10 +22,36 @@ enum Command {
     Run,
     /// Validate the configuration, print every problem, exit non-zero if there is any.
     CheckConfig,
+    /// Print the password of a tenant's login role, derived from
+    /// engines.<ENGINE>.tenant_password_key, as `role<TAB>password` lines: what
+    /// deploy/sql/provision-tenant.sql takes. It prints secrets; run it where only the
+    /// operator sees the output.
+    TenantPassword {
+        /// The engine whose key and role template to use.
+        #[arg(long, default_value = "warehouse")]
+        engine: String,
+        /// Tenant ids.
+        #[arg(required = true)]
+        tenants: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::TenantPassword { engine, tenants }) = &cli.command {
+        return match tenant_passwords(cli.config.as_deref(), engine, tenants) {
+            Ok(lines) => {
+                for line in lines {
+                    println!("{line}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     service_kit::launch::main::<Settings, _, _>(
         "worker",
         cli.config.as_deref(),
@@ -36,4 +62,27 @@ fn main() -> ExitCode {
             app.run_until_stopped(shutdown).await
         },
     )
+}
+
+fn tenant_passwords(config: Option<&std::path::Path>, engine: &str, tenants: &[String]) -> anyhow::Result<Vec<String>> {
+    let env = service_kit::settings::process_env();
+    let settings: Settings = service_kit::settings::load(config, &env)?;
+    let e = settings.engines.get(engine).with_context(|| format!("no engine named {engine:?} in engines"))?;
+    anyhow::ensure!(!e.role_template.is_empty(), "engines.{engine}.role_template is empty: tenants have no logins");
+    anyhow::ensure!(
+        e.tenant_password_key.expose().len() >= 16,
+        "engines.{engine}.tenant_password_key is not set (or shorter than 16 characters)"
+    );
+    let logins = worker::engines::postgres::TenantLogins {
+        role_template: e.role_template.clone(),
+        password_key: e.tenant_password_key.clone(),
+        previous_key: None,
+    };
+    Ok(tenants
+        .iter()
+        .map(|t| {
+            let role = logins.role_for(t);
+            format!("{role}\t{}", logins.password_for(&role).expose())
+        })
+        .collect())
 }

@@ -39,6 +39,9 @@ pub struct LedgerAccess {
     pub lease: Duration,
 }
 
+/// Bytes a job message may have unless configured otherwise (`runner.max_message_bytes`).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
 pub struct Runner {
     engines: BTreeMap<String, Arc<dyn Engine>>,
     outputs: Arc<dyn Outputs>,
@@ -47,6 +50,7 @@ pub struct Runner {
     ledger: LedgerAccess,
     /// The keys job messages must be signed with; `None`: not verified.
     keys: Option<Arc<jobs_core::signing::KeyRing>>,
+    max_message_bytes: usize,
 }
 
 /// Aborts a task when dropped (the lease heartbeat ends with its run, however that ends).
@@ -66,7 +70,21 @@ impl Runner {
         max_timeout: Duration,
         ledger: LedgerAccess,
     ) -> Self {
-        Runner { engines, outputs, metrics, max_timeout, ledger, keys: None }
+        Runner {
+            engines,
+            outputs,
+            metrics,
+            max_timeout,
+            ledger,
+            keys: None,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+
+    /// Dead-letters job messages over `bytes` without reading them.
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
     }
 
     /// Verifies every message against `keys` before anything else (an empty ring: no check).
@@ -100,6 +118,21 @@ impl Runner {
         trace_id: Option<&str>,
     ) -> Disposition {
         let attempt = delivery;
+        if data.len() > self.max_message_bytes {
+            let reason = format!(
+                "the message has {} bytes, over the limit of {} bytes (runner.max_message_bytes)",
+                data.len(),
+                self.max_message_bytes
+            );
+            tracing::warn!(
+                message_job_id = attributes.get(attr::JOB_ID).map(String::as_str).unwrap_or(""),
+                bytes = data.len(),
+                limit = self.max_message_bytes,
+                "job message too large, dead-lettering it without reading it"
+            );
+            self.metrics.jobs.get_or_create(&OutcomeLabels { outcome: "rejected", error_class: "too_large" }).inc();
+            return self.dead_letter(data, attributes, "too_large", &reason, attempt).await;
+        }
         // Before anything else: a message not signed with a known key is never executed.
         if let Some(keys) = &self.keys
             && let Err(rejection) = keys.verify(data, attributes)

@@ -1,6 +1,7 @@
 //! The worker's configuration: defaults, then `--config FILE`, then environment variables
 //! `WORKER_SECTION__KEY` (e.g. `WORKER_ENGINES__WAREHOUSE__URL`).
 
+use crate::engines::ResultLimits;
 use serde::{Deserialize, Serialize};
 use service_kit::Secret;
 use service_kit::settings::{Layered, Validate};
@@ -97,6 +98,9 @@ pub struct RunnerSettings {
     /// How long the client keeps extending a message's lease; must exceed `max_timeout`.
     #[serde(with = "humantime_serde")]
     pub max_lease: Duration,
+    /// Bytes a job message may have; a bigger one is dead-lettered (`too_large`) unread.
+    /// Keep it above the controller's `catalog.max_sql_bytes` plus 4 KiB.
+    pub max_message_bytes: usize,
 }
 
 impl Default for RunnerSettings {
@@ -106,6 +110,7 @@ impl Default for RunnerSettings {
             grace_period: Duration::from_secs(30),
             max_timeout: Duration::from_secs(3600),
             max_lease: Duration::from_secs(2 * 3600),
+            max_message_bytes: crate::runner::DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -160,9 +165,21 @@ pub struct EngineSettings {
     pub url: Secret,
     /// The tenant's schema; `{tenant_id}` is replaced.
     pub schema_template: String,
+    /// The role a tenant's runs log in as; `{tenant_id}` is replaced. Empty: runs use the
+    /// login of `url`, which then reads whatever that login may read of every tenant (a
+    /// warning at start).
+    pub role_template: String,
+    /// The key tenant passwords are derived from (`worker tenant-password`); a secret, never
+    /// logged. Needed when `role_template` is set.
+    pub tenant_password_key: Secret,
+    /// During a rotation, the key before `tenant_password_key` (empty: none): a login
+    /// refused with the new password is tried with the old one.
+    pub tenant_password_key_previous: Secret,
     pub pool_size: usize,
     /// Result rows a run may produce.
     pub max_rows: usize,
+    /// Result bytes a run may produce (the values' sizes, see the README).
+    pub max_result_bytes: usize,
 }
 
 impl Default for EngineSettings {
@@ -171,8 +188,12 @@ impl Default for EngineSettings {
             kind: EngineKind::Postgres,
             url: Secret::new("postgres://postgres@127.0.0.1:5432/postgres"),
             schema_template: "tenant_{tenant_id}".into(),
+            role_template: "tenant_{tenant_id}".into(),
+            tenant_password_key: Secret::new(""),
+            tenant_password_key_previous: Secret::new(""),
             pool_size: 8,
-            max_rows: 1_000_000,
+            max_rows: ResultLimits::default().max_rows,
+            max_result_bytes: ResultLimits::default().max_bytes,
         }
     }
 }
@@ -225,6 +246,9 @@ impl Validate for Settings {
         if r.max_timeout.is_zero() {
             p.push("runner.max_timeout must be above 0".into());
         }
+        if r.max_message_bytes < 4096 {
+            p.push(format!("runner.max_message_bytes {} must be at least 4096", r.max_message_bytes));
+        }
         if r.max_lease <= r.max_timeout {
             p.push(format!(
                 "runner.max_lease ({}) must exceed runner.max_timeout ({}), or a long run is handed to a second worker",
@@ -275,8 +299,25 @@ impl Validate for Settings {
             if e.pool_size == 0 {
                 p.push(format!("engines.{name}.pool_size must be at least 1"));
             }
+            if !e.role_template.is_empty() && !e.role_template.contains("{tenant_id}") {
+                p.push(format!(
+                    "engines.{name}.role_template {:?} must contain {{tenant_id}} (or be empty): every tenant needs its own role",
+                    e.role_template
+                ));
+            }
+            if !e.role_template.is_empty() && e.tenant_password_key.expose().len() < 16 {
+                p.push(format!(
+                    "engines.{name}.tenant_password_key must be at least 16 characters when role_template is set \
+                     (env WORKER_ENGINES__{}__TENANT_PASSWORD_KEY); or set role_template = \"\" to run every tenant \
+                     under the engine's own login",
+                    name.to_uppercase()
+                ));
+            }
             if e.max_rows == 0 {
                 p.push(format!("engines.{name}.max_rows must be at least 1"));
+            }
+            if e.max_result_bytes == 0 {
+                p.push(format!("engines.{name}.max_result_bytes must be at least 1"));
             }
         }
         p
@@ -293,6 +334,7 @@ mod tests {
         let env: HashMap<String, String> = [
             ("WORKER_ENGINES__WAREHOUSE__URL", "postgres://u:hunter2@db:5432/d"),
             ("WORKER_ENGINES__WAREHOUSE__POOL_SIZE", "3"),
+            ("WORKER_ENGINES__WAREHOUSE__TENANT_PASSWORD_KEY", "tenant-key-swordfish"),
             ("WORKER_RUNNER__GRACE_PERIOD", "5s"),
         ]
         .into_iter()
@@ -303,6 +345,7 @@ mod tests {
         assert_eq!((e.url.expose(), e.pool_size), ("postgres://u:hunter2@db:5432/d", 3));
         assert_eq!(s.runner.grace_period, Duration::from_secs(5));
         assert!(!format!("{s:?}").contains("hunter2"), "the password never prints");
+        assert!(!format!("{s:?}").contains("swordfish"), "the tenant password key never prints");
         assert!(s.problems().is_empty(), "{:?}", s.problems());
     }
 
@@ -310,9 +353,14 @@ mod tests {
     fn a_lease_shorter_than_the_longest_run_is_refused() {
         let mut s = Settings::default();
         s.runner.max_lease = Duration::from_secs(60);
-        s.engines.insert("warehouse".into(), EngineSettings { schema_template: "shared".into(), ..Default::default() });
+        s.engines.insert(
+            "warehouse".into(),
+            EngineSettings { schema_template: "shared".into(), role_template: "reader".into(), ..Default::default() },
+        );
         let problems = s.problems();
         assert!(problems.iter().any(|p| p.contains("runner.max_lease")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("schema_template")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("schema_template \"shared\"")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("role_template \"reader\"")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("engines.warehouse.tenant_password_key")), "{problems:?}");
     }
 }

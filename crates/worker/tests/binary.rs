@@ -29,8 +29,45 @@ fn check_config_reports_every_problem_without_printing_the_password() {
 fn check_config_accepts_the_shipped_configurations() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     for file in ["config/worker.toml", "deploy/base/config/worker.toml"] {
-        let out = worker().current_dir(root).args(["--config", file, "check-config"]).output().expect("runs");
+        // The tenant password key comes from a Secret in deploy/, from the environment.
+        let out = worker()
+            .current_dir(root)
+            .args(["--config", file, "check-config"])
+            .env("WORKER_ENGINES__WAREHOUSE__TENANT_PASSWORD_KEY", "a-key-of-at-least-16-chars")
+            .output()
+            .expect("runs");
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "{file}: {text}");
     }
+}
+
+#[test]
+fn tenant_password_prints_each_tenants_role_and_derived_password_and_needs_the_key() {
+    let key = "tenant-key-0123456789abcdef";
+    let out = worker()
+        .args(["tenant-password", "acme", "globex"])
+        .env("WORKER_ENGINES__WAREHOUSE__TENANT_PASSWORD_KEY", key)
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let logins = worker::engines::postgres::TenantLogins {
+        role_template: "tenant_{tenant_id}".into(),
+        password_key: service_kit::Secret::new(key),
+        previous_key: None,
+    };
+    let expected: String = ["acme", "globex"]
+        .iter()
+        .map(|t| format!("tenant_{t}\t{}\n", logins.password_for(&format!("tenant_{t}")).expose()))
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+
+    let out = worker()
+        .args(["tenant-password", "acme"])
+        .env("WORKER_ENGINES__WAREHOUSE__URL", "postgres://sqo_worker@db/warehouse")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("engines.warehouse.tenant_password_key"));
+    let out = worker().args(["tenant-password", "--engine", "lake", "acme"]).output().expect("runs");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no engine named \"lake\""));
 }

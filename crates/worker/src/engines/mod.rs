@@ -33,6 +33,42 @@ impl RunError {
     }
 }
 
+/// How much one run's result may hold, so that one query cannot exhaust a worker's memory:
+/// the engines stop reading at the first row past either limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultLimits {
+    pub max_rows: usize,
+    /// The result's size, counted as the bytes of its values (text and JSON at their length,
+    /// numbers and times at 8 bytes, NULL at 1).
+    pub max_bytes: usize,
+}
+
+impl Default for ResultLimits {
+    fn default() -> Self {
+        ResultLimits { max_rows: 1_000_000, max_bytes: 256 * 1024 * 1024 }
+    }
+}
+
+impl ResultLimits {
+    /// `Err` once `rows` rows of `bytes` bytes in all are over a limit; the message names
+    /// the setting (`engines.<engine>.max_rows` / `.max_result_bytes`).
+    pub fn check(&self, engine: &str, rows: usize, bytes: usize) -> Result<(), RunError> {
+        if rows > self.max_rows {
+            return Err(RunError::permanent(format!(
+                "the query returned more than {} rows, the limit engines.{engine}.max_rows",
+                self.max_rows
+            )));
+        }
+        if bytes > self.max_bytes {
+            return Err(RunError::permanent(format!(
+                "the query's result is over {} bytes, the limit engines.{engine}.max_result_bytes (after {rows} rows)",
+                self.max_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
     /// Runs `job` and writes its rows. The caller bounds the time it may take.

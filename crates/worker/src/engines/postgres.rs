@@ -1,21 +1,37 @@
 //! The PostgreSQL engine. Each tenant's data lives in its own schema (name from a template
-//! such as `tenant_{tenant_id}`). A query runs with that schema as `search_path`, in a
-//! read-only transaction, with `statement_timeout` from the job's timeout and the named
-//! parameters bound as typed parameters. The rows are then written to the destination table
-//! in the same schema, in one transaction: delete the rows tagged with this job id, insert
-//! the new ones. The table is created from the result's columns when it does not exist.
+//! such as `tenant_{tenant_id}`), owned by the tenant's own login role (`tenant_{tenant_id}`
+//! too by default). A run connects *as that role*, with a password derived from the engine's
+//! `tenant_password_key` and the role's name, so that everything it does, it does with the
+//! tenant's privileges and no one else's. The query runs with the tenant's schema as
+//! `search_path`, in a read-only transaction, with `statement_timeout` from the job's timeout
+//! and the named parameters bound as typed parameters; the rows are read up to the run's
+//! result limits. They are then written to the destination table in the same schema, in one
+//! transaction: delete the rows tagged with this job id, insert the new ones. The table is
+//! created from the result's columns when it does not exist.
+//!
+//! Why a login per tenant rather than one worker login that switches roles (`SET LOCAL ROLE`):
+//! a role switch can be undone by the query itself, since what a session may switch to is
+//! decided by its login. Under a switched role, one statement such as
+//! `SELECT set_config('role', 'tenant_b', true), query_to_xml('SELECT * FROM tenant_b.t', ...)`
+//! reads another tenant's table (shown on PostgreSQL 15 while building this). A tenant's
+//! login role is a member of nothing, so there is nothing to switch to.
 
-use super::{Engine, RunError, RunOutput};
+use super::{Engine, ResultLimits, RunError, RunOutput};
 use crate::params;
 use async_trait::async_trait;
+use base64::Engine as _;
 use bytes::BytesMut;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures::TryStreamExt;
+use hmac::{Hmac, KeyInit, Mac};
 use jobs_core::JobMessage;
 use service_kit::Secret;
+use sha2::Sha256;
 use std::error::Error as StdError;
 use std::str::FromStr;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 
@@ -27,29 +43,152 @@ pub const SCHEDULED_FOR_COLUMN: &str = "_scheduled_for";
 const PARAM_TYPES: [Type; 6] =
     [Type::TEXT, Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ];
 
+/// Where a tenant's queries run: its schema and the role they log in as. `{tenant_id}` in
+/// either template is replaced by the tenant's id.
+#[derive(Debug, Clone)]
+pub struct TenantScope {
+    pub schema_template: String,
+    /// `None`: runs use the engine's own login (no isolation between tenants beyond
+    /// `search_path`; the worker warns at start).
+    pub logins: Option<TenantLogins>,
+}
+
+/// Per-tenant logins: the role's name from a template, its password derived from a key.
+#[derive(Debug, Clone)]
+pub struct TenantLogins {
+    pub role_template: String,
+    pub password_key: Secret,
+    /// During a rotation, the key before `password_key`: a login refused with the new
+    /// password is tried again with the old one, until every role has its new password.
+    pub previous_key: Option<Secret>,
+}
+
+impl TenantLogins {
+    /// The role `tenant_id` logs in as.
+    pub fn role_for(&self, tenant_id: &str) -> String {
+        self.role_template.replace("{tenant_id}", tenant_id)
+    }
+
+    /// The password of `role`: HMAC-SHA256 of the role's name under the key, in URL-safe
+    /// base64 (43 characters). What `worker tenant-password` prints for provisioning.
+    pub fn password_for(&self, role: &str) -> Secret {
+        derive_password(&self.password_key, role)
+    }
+}
+
+fn derive_password(key: &Secret, role: &str) -> Secret {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose().as_bytes()).expect("any key length");
+    mac.update(b"sqo tenant login\n");
+    mac.update(role.as_bytes());
+    Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+}
+
 pub struct PostgresEngine {
+    /// The engine's own login: `ping`, and the runs when there are no tenant logins.
     pool: Pool,
-    schema_template: String,
-    max_rows: usize,
+    /// The connection string, for the tenant logins (user and password replaced).
+    config: tokio_postgres::Config,
+    /// Tenant connections open at once (`pool_size`).
+    tenant_connections: Semaphore,
+    scope: TenantScope,
+    limits: ResultLimits,
 }
 
 impl PostgresEngine {
-    /// A pool of at most `pool_size` connections; connections open on first use.
-    pub fn new(url: &Secret, pool_size: usize, schema_template: &str, max_rows: usize) -> Result<Self, String> {
-        Ok(PostgresEngine { pool: pool(url, pool_size)?, schema_template: schema_template.to_owned(), max_rows })
+    /// A pool of at most `pool_size` connections; connections open on first use. With tenant
+    /// logins, each run opens its own connection as its tenant, at most `pool_size` at once.
+    pub fn new(url: &Secret, pool_size: usize, scope: TenantScope, limits: ResultLimits) -> Result<Self, String> {
+        Ok(PostgresEngine {
+            pool: pool(url, pool_size)?,
+            config: parse_url(url)?,
+            tenant_connections: Semaphore::new(pool_size.max(1)),
+            scope,
+            limits,
+        })
     }
 
     /// The tenant's schema name.
     pub fn schema_for(&self, tenant_id: &str) -> String {
-        self.schema_template.replace("{tenant_id}", tenant_id)
+        self.scope.schema_template.replace("{tenant_id}", tenant_id)
     }
+
+    /// A connection for `tenant_id`'s run: logged in as the tenant's role, or from the pool.
+    async fn connect(&self, tenant_id: &str) -> Result<Connection<'_>, RunError> {
+        let Some(logins) = &self.scope.logins else {
+            let client = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| RunError::retryable(format!("cannot get a database connection: {e}")))?;
+            return Ok(Connection::Pooled(client));
+        };
+        let role = logins.role_for(tenant_id);
+        check_identifier("role", &role)?;
+        let permit =
+            self.tenant_connections.acquire().await.map_err(|_| RunError::retryable("the engine is shutting down"))?;
+        let login = |key: &Secret| {
+            let mut config = self.config.clone();
+            config.user(&role).password(derive_password(key, &role).expose()).connect_timeout(Duration::from_secs(10));
+            async move { config.connect(NoTls).await }
+        };
+        let attempt = match (login(&logins.password_key).await, &logins.previous_key) {
+            (Err(e), Some(previous)) if sqlstate(&e) == Some("28P01") => {
+                let old = login(previous).await;
+                if old.is_ok() {
+                    tracing::info!(role = %role, "tenant logged in with the previous password key; give it its new password");
+                }
+                old
+            }
+            (result, _) => result,
+        };
+        let (client, connection) = attempt.map_err(|e| login_error(e, &role))?;
+        tokio::spawn(async move {
+            // Ends when the client is dropped.
+            let _ = connection.await;
+        });
+        Ok(Connection::Tenant(client, permit))
+    }
+}
+
+/// A run's connection.
+enum Connection<'a> {
+    Pooled(deadpool_postgres::Object),
+    Tenant(tokio_postgres::Client, #[allow(dead_code)] tokio::sync::SemaphorePermit<'a>),
+}
+
+impl Connection<'_> {
+    fn client(&mut self) -> &mut tokio_postgres::Client {
+        match self {
+            Connection::Pooled(object) => object,
+            Connection::Tenant(client, _) => client,
+        }
+    }
+}
+
+fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
+    e.as_db_error().map(|d| d.code().code())
+}
+
+/// A refused tenant login says what to provision; anything else is classified as usual.
+fn login_error(e: tokio_postgres::Error, role: &str) -> RunError {
+    match sqlstate(&e) {
+        Some("28P01" | "28000") => RunError::permanent(format!(
+            "cannot log in as the tenant's role {role:?} ({}): provision it with the password \
+             `worker tenant-password` prints (README: Tenant isolation)",
+            e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned())
+        )),
+        _ => classify(e, "connect as the tenant's role"),
+    }
+}
+
+fn parse_url(url: &Secret) -> Result<tokio_postgres::Config, String> {
+    tokio_postgres::Config::from_str(url.expose()).map_err(|e| format!("invalid PostgreSQL connection string: {e}"))
 }
 
 /// A pool of at most `size` connections to `url`, opened on first use (the engine's and the
 /// run ledger's).
 pub fn pool(url: &Secret, size: usize) -> Result<Pool, String> {
-    let config = tokio_postgres::Config::from_str(url.expose())
-        .map_err(|e| format!("invalid PostgreSQL connection string: {e}"))?;
+    let config = parse_url(url)?;
     let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager)
         .max_size(size)
@@ -65,15 +204,21 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// `Err` unless `name` can be a PostgreSQL identifier (1 to 63 bytes, no NUL).
+fn check_identifier(what: &str, name: &str) -> Result<(), RunError> {
+    if name.is_empty() || name.len() > 63 || name.contains('\0') {
+        return Err(RunError::permanent(format!("{what} name {name:?} is not a valid PostgreSQL identifier")));
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Engine for PostgresEngine {
     async fn run(&self, job: &JobMessage) -> Result<RunOutput, RunError> {
         let schema = self.schema_for(&job.tenant_id);
-        if schema.is_empty() || schema.len() > 63 || schema.contains('\0') {
-            return Err(RunError::permanent(format!("schema name {schema:?} is not a valid PostgreSQL identifier")));
-        }
-        let mut client =
-            self.pool.get().await.map_err(|e| RunError::retryable(format!("cannot get a database connection: {e}")))?;
+        check_identifier("schema", &schema)?;
+        let mut connection = self.connect(&job.tenant_id).await?;
+        let client = connection.client();
 
         // 1. The query, read-only, in the tenant's schema.
         let result = {
@@ -93,6 +238,9 @@ impl Engine for PostgresEngine {
             .map_err(|e| classify(e, "set the session scope"))?;
             let sql = params::rewrite(&job.sql, |i| format!("${}", i + 1));
             let statement = tx.prepare_typed(&sql, &PARAM_TYPES).await.map_err(|e| classify(e, "query"))?;
+            let columns: Vec<(String, Type)> =
+                statement.columns().iter().map(|c| (c.name().to_owned(), c.type_().clone())).collect();
+            check_columns(&columns)?;
             let values = params::values(job);
             let bound: Vec<&(dyn ToSql + Sync)> = values
                 .iter()
@@ -101,24 +249,23 @@ impl Engine for PostgresEngine {
                     params::ParamValue::Timestamp(t) => t as &(dyn ToSql + Sync),
                 })
                 .collect();
-            let rows = tx.query(&statement, &bound).await.map_err(|e| classify(e, "query"))?;
-            if rows.len() > self.max_rows {
-                return Err(RunError::permanent(format!(
-                    "the query returned {} rows, over the limit of {} (engines.<name>.max_rows)",
-                    rows.len(),
-                    self.max_rows
-                )));
+            // Read row by row, so a result over the limits stops at the first row past them.
+            let stream = tx.query_raw(&statement, bound).await.map_err(|e| classify(e, "query"))?;
+            futures::pin_mut!(stream);
+            let mut rows = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(row) = stream.try_next().await.map_err(|e| classify(e, "query"))? {
+                let cells = read_row(&row, &columns)?;
+                bytes = bytes.saturating_add(cells.iter().map(Value::size).sum::<usize>());
+                rows.push(cells);
+                self.limits.check(&job.engine, rows.len(), bytes)?;
             }
-            let columns: Vec<(String, Type)> =
-                statement.columns().iter().map(|c| (c.name().to_owned(), c.type_().clone())).collect();
-            let table = to_table(&columns, &rows)?;
             tx.rollback().await.map_err(|e| classify(e, "end read-only transaction"))?;
-            table
+            Table { columns, rows }
         };
 
         // 2. The idempotent write.
-        let written =
-            write(&mut client, &schema, &job.destination, job.job_id.as_str(), job.nominal_time, &result).await?;
+        let written = write(client, &schema, job, &result).await?;
         Ok(RunOutput { rows_written: written })
     }
 
@@ -155,6 +302,18 @@ enum Value {
     Json(serde_json::Value),
 }
 
+impl Value {
+    /// The bytes this value counts for against `max_result_bytes`.
+    fn size(&self) -> usize {
+        match self {
+            Value::Null | Value::Bool(_) => 1,
+            Value::Numeric(s) | Value::Text(s) => s.len(),
+            Value::Json(v) => serde_json::to_vec(v).map_or(0, |b| b.len()),
+            _ => 8,
+        }
+    }
+}
+
 /// The DDL type a result column is stored as, or `None` when unsupported.
 fn storage_type(ty: &Type) -> Option<&'static str> {
     Some(match *ty {
@@ -175,7 +334,8 @@ fn storage_type(ty: &Type) -> Option<&'static str> {
     })
 }
 
-fn to_table(columns: &[(String, Type)], rows: &[tokio_postgres::Row]) -> Result<Table, RunError> {
+/// `Err` when the result cannot be stored: an unsupported type, a reserved or repeated name.
+fn check_columns(columns: &[(String, Type)]) -> Result<(), RunError> {
     let mut seen = std::collections::HashSet::new();
     for (name, ty) in columns {
         if storage_type(ty).is_none() {
@@ -190,17 +350,17 @@ fn to_table(columns: &[(String, Type)], rows: &[tokio_postgres::Row]) -> Result<
             return Err(RunError::permanent(format!("the query returns two columns named {name:?}; alias them")));
         }
     }
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let mut cells = Vec::with_capacity(columns.len());
-        for (i, (name, ty)) in columns.iter().enumerate() {
-            let cell = read_cell(row, i, ty)
-                .map_err(|e| RunError::permanent(format!("cannot read column {name:?} ({ty}): {e}")))?;
-            cells.push(cell);
-        }
-        out.push(cells);
-    }
-    Ok(Table { columns: columns.to_vec(), rows: out })
+    Ok(())
+}
+
+fn read_row(row: &tokio_postgres::Row, columns: &[(String, Type)]) -> Result<Vec<Value>, RunError> {
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, (name, ty))| {
+            read_cell(row, i, ty).map_err(|e| RunError::permanent(format!("cannot read column {name:?} ({ty}): {e}")))
+        })
+        .collect()
 }
 
 fn read_cell(row: &tokio_postgres::Row, i: usize, ty: &Type) -> Result<Value, tokio_postgres::Error> {
@@ -319,13 +479,12 @@ fn numeric_to_string(raw: &[u8]) -> Result<String, Box<dyn StdError + Sync + Sen
 }
 
 async fn write(
-    client: &mut deadpool_postgres::Object,
+    client: &mut tokio_postgres::Client,
     schema: &str,
-    destination: &str,
-    job_id: &str,
-    scheduled_for: DateTime<Utc>,
+    job: &JobMessage,
     table: &Table,
 ) -> Result<u64, RunError> {
+    let (destination, job_id, scheduled_for) = (job.destination.as_str(), job.job_id.as_str(), job.nominal_time);
     jobs_core::names::check_destination(destination)
         .map_err(|r| RunError::permanent(format!("destination {destination:?} {r}")))?;
     let qualified = format!("{}.{}", quote_ident(schema), quote_ident(destination));
@@ -450,6 +609,21 @@ mod tests {
         assert_eq!(numeric_to_string(&encode(1, 2, 0, 0, &[1])).expect("ok"), "100000000");
         assert_eq!(numeric_to_string(&encode(0, 0, 0xC000, 0, &[])).expect("ok"), "NaN");
         assert!(numeric_to_string(&[0, 1]).is_err());
+    }
+
+    #[test]
+    fn tenant_passwords_are_stable_distinct_and_keyed() {
+        let logins = TenantLogins {
+            role_template: "tenant_{tenant_id}".into(),
+            password_key: Secret::new("k1"),
+            previous_key: None,
+        };
+        let acme = logins.password_for(&logins.role_for("acme"));
+        assert_eq!(acme.expose(), logins.password_for("tenant_acme").expose(), "stable");
+        assert_eq!(acme.expose().len(), 43);
+        assert_ne!(acme.expose(), logins.password_for("tenant_globex").expose(), "one per role");
+        let other = TenantLogins { password_key: Secret::new("k2"), ..logins };
+        assert_ne!(acme.expose(), other.password_for("tenant_acme").expose(), "depends on the key");
     }
 
     #[test]

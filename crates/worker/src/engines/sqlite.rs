@@ -1,30 +1,35 @@
 //! The embedded SQLite engine of the standalone mode. Each tenant has its own database file
-//! `<dir>/<tenant_id>.sqlite3`; a query runs on that file only (`ATTACH` is disabled), with
-//! `PRAGMA query_only` on, the named parameters bound, and an interrupt at its timeout. The
+//! `<dir>/<tenant_id>.sqlite3`; a query runs on that file only, with `PRAGMA query_only` on,
+//! the named parameters bound, and an interrupt at its timeout. An authorizer lets a query
+//! read and call functions and nothing else: `ATTACH` (also disabled by a limit of 0
+//! attached databases), `VACUUM INTO`, `PRAGMA`, `load_extension`, any write or schema
+//! change is refused while it is prepared, naming what was refused. The
 //! rows are then written to the destination table in the same file, in one transaction:
 //! delete the rows of this job id, insert the new ones (the same idempotent write as the
 //! PostgreSQL engine). Timestamps are bound as RFC 3339 UTC text with milliseconds
 //! (`2026-12-04T10:00:00.000Z`), the format `strftime('%Y-%m-%dT%H:%M:%fZ')` produces.
 
-use super::{Engine, RunError, RunOutput};
+use super::{Engine, ResultLimits, RunError, RunOutput};
 use crate::params::{self, ParamValue};
 use async_trait::async_trait;
 use chrono::SecondsFormat;
 use jobs_core::JobMessage;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::limits::Limit;
 use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub struct SqliteEngine {
     dir: PathBuf,
-    max_rows: usize,
+    limits: ResultLimits,
 }
 
 impl SqliteEngine {
-    pub fn new(dir: impl Into<PathBuf>, max_rows: usize) -> Self {
-        SqliteEngine { dir: dir.into(), max_rows }
+    pub fn new(dir: impl Into<PathBuf>, limits: ResultLimits) -> Self {
+        SqliteEngine { dir: dir.into(), limits }
     }
 
     /// The tenant's database file.
@@ -63,12 +68,51 @@ struct Table {
     rows: Vec<Vec<Value>>,
 }
 
-fn query(conn: &Connection, job: &JobMessage, max_rows: usize) -> Result<Table, RunError> {
+/// What a tenant's query may do: read the tenant's own database (`main`, and `temp` for the
+/// query's own temporary results), call functions other than `load_extension`, recurse.
+fn allowed(ctx: &AuthContext<'_>) -> Result<(), String> {
+    match ctx.action {
+        AuthAction::Select | AuthAction::Recursive => Ok(()),
+        AuthAction::Read { .. } if matches!(ctx.database_name, Some("main" | "temp")) => Ok(()),
+        AuthAction::Function { function_name } if !function_name.eq_ignore_ascii_case("load_extension") => Ok(()),
+        AuthAction::Function { function_name } => Err(format!("the function {function_name}()")),
+        AuthAction::Attach { .. } => Err("ATTACH".into()),
+        AuthAction::Pragma { pragma_name, .. } => Err(format!("PRAGMA {pragma_name}")),
+        AuthAction::Insert { table_name }
+        | AuthAction::Delete { table_name }
+        | AuthAction::Update { table_name, .. } => Err(format!("writing to {table_name}")),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// The SQLite refusal as the run's error, naming what the query tried.
+fn refused(e: rusqlite::Error, denied: &Mutex<Option<String>>) -> RunError {
+    match denied.lock().ok().and_then(|mut d| d.take()) {
+        Some(what) => RunError::permanent(format!(
+            "query: {what} is refused: a query may only read its tenant's own database ({e})"
+        )),
+        None => classify(e, "query"),
+    }
+}
+
+fn query(conn: &mut Connection, job: &JobMessage, limits: ResultLimits) -> Result<Table, RunError> {
     conn.pragma_update(None, "query_only", true).map_err(|e| classify(e, "configure"))?;
+    let denied = Arc::new(Mutex::new(None::<String>));
+    let record = denied.clone();
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| match allowed(&ctx) {
+        Ok(()) => Authorization::Allow,
+        Err(what) => {
+            if let Ok(mut slot) = record.lock() {
+                slot.get_or_insert(what);
+            }
+            Authorization::Deny
+        }
+    }))
+    .map_err(|e| classify(e, "configure"))?;
     let sql = params::rewrite(&job.sql, |i| format!("?{}", i + 1));
     let values = params::values(job);
     let result = (|| {
-        let mut stmt = conn.prepare(&sql).map_err(|e| classify(e, "query"))?;
+        let mut stmt = conn.prepare(&sql).map_err(|e| refused(e, &denied))?;
         for i in 1..=stmt.parameter_count() {
             // Only our own `?N` placeholders are bound; anything else stays NULL.
             let Some(n) =
@@ -96,22 +140,35 @@ fn query(conn: &Connection, job: &JobMessage, max_rows: usize) -> Result<Table, 
             }
         }
         let mut rows = Vec::new();
+        let mut bytes = 0usize;
         let mut cursor = stmt.raw_query();
-        while let Some(row) = cursor.next().map_err(|e| classify(e, "query"))? {
-            if rows.len() == max_rows {
-                return Err(RunError::permanent(format!("the query returned more than {max_rows} rows (the limit)")));
-            }
+        while let Some(row) = cursor.next().map_err(|e| refused(e, &denied))? {
             let mut cells = Vec::with_capacity(columns.len());
             for i in 0..columns.len() {
                 let cell = row.get_ref(i).map_err(|e| classify(e, "read a row"))?;
                 cells.push(Value::try_from(cell).map_err(|e| RunError::permanent(format!("read a row: {e}")))?);
             }
+            bytes = bytes.saturating_add(cells.iter().map(size).sum::<usize>());
             rows.push(cells);
+            limits.check(&job.engine, rows.len(), bytes)?;
         }
         Ok(Table { columns, rows })
     })();
-    conn.pragma_update(None, "query_only", false).map_err(|e| classify(e, "configure"))?;
-    result
+    let reset = conn
+        .authorizer(None::<fn(AuthContext<'_>) -> Authorization>)
+        .and_then(|()| conn.pragma_update(None, "query_only", false))
+        .map_err(|e| classify(e, "configure"));
+    result.and_then(|table| reset.map(|()| table))
+}
+
+/// The bytes a value counts for against `max_result_bytes`.
+fn size(value: &Value) -> usize {
+    match value {
+        Value::Null => 1,
+        Value::Integer(_) | Value::Real(_) => 8,
+        Value::Text(s) => s.len(),
+        Value::Blob(b) => b.len(),
+    }
 }
 
 fn write(conn: &mut Connection, job: &JobMessage, table: &Table) -> Result<u64, RunError> {
@@ -175,9 +232,9 @@ impl Engine for SqliteEngine {
             interrupt.interrupt();
         });
         let job = job.clone();
-        let max_rows = self.max_rows;
+        let limits = self.limits;
         let result = tokio::task::spawn_blocking(move || {
-            let table = query(&conn, &job, max_rows)?;
+            let table = query(&mut conn, &job, limits)?;
             let rows = write(&mut conn, &job, &table)?;
             Ok::<_, RunError>(rows)
         })
@@ -235,7 +292,7 @@ mod tests {
                                       ('south', 7, '2026-12-04T10:00:00.000Z'), ('south', 1, '2026-12-04T08:59:00.000Z');",
         )
         .expect("seed");
-        (SqliteEngine::new(&dir, 100), dir)
+        (SqliteEngine::new(&dir, ResultLimits { max_rows: 100, max_bytes: 10_000 }), dir)
     }
 
     fn fastrand_suffix() -> u64 {
@@ -273,9 +330,34 @@ mod tests {
             .await
             .expect_err("attach refused");
         assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+        for (sql, named) in [
+            // VACUUM INTO attaches its target file, and that is what is refused.
+            (format!("VACUUM INTO '{}'", dir.join("copy.sqlite3").display()), "ATTACH"),
+            ("PRAGMA query_only = false".to_owned(), "PRAGMA query_only"),
+            ("SELECT load_extension('/tmp/x.so') AS x".to_owned(), "load_extension()"),
+            ("CREATE TABLE other (x)".to_owned(), "writing to sqlite_master"),
+        ] {
+            let err = engine.run(&job(&sql)).await.expect_err(&sql);
+            assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+            assert!(err.message.contains(named) && err.message.contains("refused"), "{sql}: {}", err.message);
+        }
+        assert!(!dir.join("copy.sqlite3").exists(), "VACUUM INTO wrote nothing");
         let conn = Connection::open(dir.join("acme.sqlite3")).expect("open");
         let n: i64 = conn.query_row("SELECT count(*) FROM sales", [], |r| r.get(0)).expect("count");
         assert_eq!(n, 4);
+        // The refusals are the query's only: the run after them still writes its rows.
+        assert_eq!(engine.run(&job(SQL)).await.expect("run").rows_written, 1);
+    }
+
+    #[tokio::test]
+    async fn a_result_over_its_row_or_byte_limit_is_refused_naming_the_limit() {
+        let (engine, _dir) = engine();
+        let rows = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 101) SELECT x FROM c";
+        let err = engine.run(&job(rows)).await.expect_err("rows");
+        assert_eq!(err.class, ErrorClass::Permanent);
+        assert!(err.message.contains("engines.embedded.max_rows"), "{}", err.message);
+        let err = engine.run(&job("SELECT printf('%.20000c', 'x') AS big")).await.expect_err("bytes");
+        assert!(err.message.contains("engines.embedded.max_result_bytes"), "{}", err.message);
     }
 
     #[tokio::test]

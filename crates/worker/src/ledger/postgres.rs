@@ -55,18 +55,25 @@ pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
 pub struct PostgresLedger {
     pool: Pool,
+    /// The schema's name, quoted for SQL text.
     schema: String,
+    /// The schema's name as the catalog has it.
+    schema_name: String,
 }
 
 fn err(what: &str) -> impl Fn(tokio_postgres::Error) -> LedgerError + '_ {
-    move |e| LedgerError(format!("{what}: {e}"))
+    move |e| LedgerError(service_kit::with_sources(&format!("{what}: {e}"), &e))
 }
 
 impl PostgresLedger {
     /// Connects (lazily) with a pool of `pool_size` connections.
     pub fn new(url: &Secret, schema: &str, pool_size: usize) -> Result<Self, LedgerError> {
         let pool = crate::engines::postgres::pool(url, pool_size).map_err(LedgerError)?;
-        Ok(PostgresLedger { pool, schema: crate::engines::postgres::quote_ident(schema) })
+        Ok(PostgresLedger {
+            pool,
+            schema: crate::engines::postgres::quote_ident(schema),
+            schema_name: schema.to_owned(),
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, LedgerError> {
@@ -176,10 +183,22 @@ impl PostgresLedger {
         tx.execute("SELECT pg_advisory_xact_lock(hashtext('sqo-ledger-migrations'))", &[])
             .await
             .map_err(err("lock the migrations"))?;
+        // Created only when missing: CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege
+        // on the database even when the schema exists, and a worker's role that was given
+        // its schema (deploy/sql/worker-role.sql) has none.
+        let exists = tx
+            .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&self.schema_name])
+            .await
+            .map_err(err("look for the ledger schema"))?
+            .is_some();
+        if !exists {
+            tx.batch_execute(&format!("CREATE SCHEMA {}", self.schema))
+                .await
+                .map_err(err("create the ledger schema"))?;
+        }
         tx.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {s};
-             CREATE TABLE IF NOT EXISTS {s}.schema_version (version integer NOT NULL);",
-            s = self.schema
+            "CREATE TABLE IF NOT EXISTS {}.schema_version (version integer NOT NULL);",
+            self.schema
         ))
         .await
         .map_err(err("create the ledger schema"))?;
