@@ -354,3 +354,26 @@ async fn a_password_key_rotation_keeps_runs_working_while_roles_get_their_new_pa
     let err = after.run(&job("globex", "SELECT 1 AS one", at(12))).await.expect_err("globex was not rotated");
     assert!(err.message.contains("tenant-password"), "{}", err.message);
 }
+
+/// `docker/provision-local.sql` (compose and `scripts/run-local`) derives the tenants'
+/// passwords in SQL; the worker must derive the same ones, and the sample data must be
+/// readable by the tenants' runs.
+#[tokio::test]
+async fn the_local_provisioning_and_sample_data_work_with_the_workers_logins() {
+    let db = TestDb::create().await;
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    for file in ["docker/provision-local.sql", "examples/seed.sql"] {
+        let sql = std::fs::read_to_string(format!("{root}/{file}")).expect(file);
+        db.client.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+    let logins = TenantLogins {
+        role_template: "tenant_{tenant_id}".into(),
+        password_key: Secret::new("local-tenant-password-key"),
+        previous_key: None,
+    };
+    let scope = TenantScope { schema_template: "tenant_{tenant_id}".into(), logins: Some(logins) };
+    let engine = PostgresEngine::new(&Secret::new(db.url.clone()), 2, scope, ResultLimits::default()).expect("engine");
+    let sql = "SELECT store, count(*) AS sales FROM sales GROUP BY store";
+    assert_eq!(engine.run(&job("acme", sql, at(10))).await.expect("acme").rows_written, 2);
+    assert_eq!(engine.run(&job("globex", sql, at(10))).await.expect("globex").rows_written, 1);
+}
