@@ -66,6 +66,8 @@ mod tests {
             status,
             attempt: 1,
             rows_written: 1,
+            bytes_processed: None,
+            slot_millis: None,
             started_at: t,
             finished_at: t + chrono::Duration::seconds(secs),
             error_class: None,

@@ -1,7 +1,9 @@
 //! The harness of the black-box tests: the real parts they run against and helpers to
-//! drive them. `scripts/test` starts the Pub/Sub emulator and PostgreSQL and exports
-//! `PUBSUB_EMULATOR_HOST` and `TEST_DATABASE_URL`; a test without them fails and says so.
+//! drive them. `scripts/test` starts the Pub/Sub emulator, PostgreSQL and the BigQuery
+//! emulator and exports `PUBSUB_EMULATOR_HOST`, `TEST_DATABASE_URL` and
+//! `BIGQUERY_EMULATOR_HOST`; a test without them fails and says so.
 
+pub mod bigquery;
 pub mod platform;
 
 use pubsub_bus::{Connection, SubscriptionSpec};
@@ -19,9 +21,12 @@ pub fn init_logs() {
         .try_init();
 }
 
-fn required_env(var: &str) -> String {
+pub(crate) fn required_env(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
-        panic!("{var} is not set: run the tests with scripts/test, which starts the Pub/Sub emulator and PostgreSQL")
+        panic!(
+            "{var} is not set: run the tests with scripts/test, which starts the Pub/Sub emulator, PostgreSQL and \
+             the BigQuery emulator"
+        )
     })
 }
 
@@ -30,9 +35,13 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{:08x}", std::process::id(), fastrand::u32(..))
 }
 
-/// The process environment the applications see: only the emulator host.
+/// The process environment the applications see: only the emulators' hosts.
 pub fn app_env() -> HashMap<String, String> {
-    [(pubsub_bus::EMULATOR_HOST_VAR.to_owned(), required_env("PUBSUB_EMULATOR_HOST"))].into()
+    [
+        (pubsub_bus::EMULATOR_HOST_VAR.to_owned(), required_env("PUBSUB_EMULATOR_HOST")),
+        (worker::engines::bigquery::EMULATOR_HOST_VAR.to_owned(), required_env("BIGQUERY_EMULATOR_HOST")),
+    ]
+    .into()
 }
 
 /// A connection to the emulator in a project of its own.

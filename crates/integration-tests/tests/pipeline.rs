@@ -278,6 +278,8 @@ async fn a_resync_adds_changes_and_removes_schedules_without_a_restart() {
         status: RunStatus::Succeeded,
         attempt: 1,
         rows_written: 1,
+        bytes_processed: None,
+        slot_millis: None,
         started_at: started,
         finished_at: started + chrono::Duration::seconds(42),
         error_class: None,

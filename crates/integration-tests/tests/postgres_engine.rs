@@ -75,7 +75,7 @@ async fn rows(db: &TestDb, sql: &str) -> Vec<tokio_postgres::Row> {
 #[tokio::test]
 async fn a_query_reads_its_own_tenants_window_and_writes_into_its_schema() {
     let (db, engine) = two_tenants().await;
-    let out = engine.run(&job("acme", REVENUE, at(10))).await.expect("run");
+    let out = engine.run(&job("acme", REVENUE, at(10)), 1).await.expect("run");
     assert_eq!(out.rows_written, 2);
     let got = rows(
         &db,
@@ -103,9 +103,9 @@ async fn a_query_reads_its_own_tenants_window_and_writes_into_its_schema() {
 async fn a_redelivered_run_replaces_its_rows_instead_of_appending() {
     let (db, engine) = two_tenants().await;
     for _ in 0..3 {
-        engine.run(&job("acme", REVENUE, at(10))).await.expect("run");
+        engine.run(&job("acme", REVENUE, at(10)), 1).await.expect("run");
     }
-    let next = engine.run(&job("acme", REVENUE, at(11))).await.expect("next run");
+    let next = engine.run(&job("acme", REVENUE, at(11)), 1).await.expect("next run");
     assert_eq!(next.rows_written, 0, "the 10:00-11:00 window has no sales");
     let per_run = rows(&db, "SELECT _job_id, count(*) FROM tenant_acme.revenue GROUP BY _job_id").await;
     let counts: Vec<(String, i64)> = per_run.iter().map(|r| (r.get(0), r.get(1))).collect();
@@ -119,7 +119,7 @@ async fn concurrent_deliveries_of_one_run_write_it_once() {
     let handles: Vec<_> = (0..6)
         .map(|_| {
             let engine = engine.clone();
-            tokio::spawn(async move { engine.run(&job("globex", REVENUE, at(10))).await })
+            tokio::spawn(async move { engine.run(&job("globex", REVENUE, at(10)), 1).await })
         })
         .collect();
     for h in handles {
@@ -132,17 +132,17 @@ async fn concurrent_deliveries_of_one_run_write_it_once() {
 #[tokio::test]
 async fn sql_errors_are_permanent_and_name_the_problem() {
     let (_db, engine) = two_tenants().await;
-    let err = engine.run(&job("acme", "SELECT * FROM no_such_table", at(10))).await.expect_err("fails");
+    let err = engine.run(&job("acme", "SELECT * FROM no_such_table", at(10)), 1).await.expect_err("fails");
     assert_eq!(err.class, ErrorClass::Permanent);
     assert!(err.message.contains("no_such_table") && err.message.contains("42P01"), "{}", err.message);
-    let err = engine.run(&job("acme", "SELEC 1", at(10))).await.expect_err("fails");
+    let err = engine.run(&job("acme", "SELEC 1", at(10)), 1).await.expect_err("fails");
     assert_eq!(err.class, ErrorClass::Permanent);
 }
 
 #[tokio::test]
 async fn a_query_cannot_modify_data() {
     let (db, engine) = two_tenants().await;
-    let err = engine.run(&job("acme", "DELETE FROM sales RETURNING store", at(10))).await.expect_err("read-only");
+    let err = engine.run(&job("acme", "DELETE FROM sales RETURNING store", at(10)), 1).await.expect_err("read-only");
     assert_eq!(err.class, ErrorClass::Permanent);
     assert!(err.message.contains("read-only"), "{}", err.message);
     let n: i64 = rows(&db, "SELECT count(*) FROM tenant_acme.sales").await[0].get(0);
@@ -154,7 +154,7 @@ async fn a_statement_timeout_is_retryable() {
     let (_db, engine) = two_tenants().await;
     let mut slow = job("acme", "SELECT pg_sleep(3)::text AS slept", at(10));
     slow.timeout_secs = 1;
-    let err = engine.run(&slow).await.expect_err("times out");
+    let err = engine.run(&slow, 1).await.expect_err("times out");
     assert_eq!(err.class, ErrorClass::Retryable, "{}", err.message);
     assert!(err.message.contains("57014"), "{}", err.message);
 }
@@ -166,7 +166,7 @@ async fn parameters_are_bound_not_spliced() {
     let tenant = "x';DROP TABLE tenant_acme.sales;--";
     db.provision_tenant(tenant, "").await;
     let out =
-        engine.run(&job(tenant, "SELECT @tenant_id AS tenant, length(@tenant_id) AS n", at(10))).await.expect("run");
+        engine.run(&job(tenant, "SELECT @tenant_id AS tenant, length(@tenant_id) AS n", at(10)), 1).await.expect("run");
     assert_eq!(out.rows_written, 1);
     let n: i64 = rows(&db, "SELECT count(*) FROM tenant_acme.sales").await[0].get(0);
     assert_eq!(n, 4, "the sales table is still there");
@@ -175,14 +175,14 @@ async fn parameters_are_bound_not_spliced() {
 #[tokio::test]
 async fn unsupported_column_types_and_duplicate_names_are_explained() {
     let (_db, engine) = two_tenants().await;
-    let err = engine.run(&job("acme", "SELECT '1 day'::interval AS span", at(10))).await.expect_err("unsupported");
+    let err = engine.run(&job("acme", "SELECT '1 day'::interval AS span", at(10)), 1).await.expect_err("unsupported");
     assert_eq!(err.class, ErrorClass::Permanent);
     assert!(
         err.message.contains("span") && err.message.contains("interval") && err.message.contains("cast"),
         "{}",
         err.message
     );
-    let err = engine.run(&job("acme", "SELECT 1, 2", at(10))).await.expect_err("duplicate");
+    let err = engine.run(&job("acme", "SELECT 1, 2", at(10)), 1).await.expect_err("duplicate");
     assert!(err.message.contains("alias"), "{}", err.message);
 }
 
@@ -198,7 +198,7 @@ async fn a_destination_that_names_another_schema_or_plays_quoting_tricks_is_refu
     ] {
         let mut j = job("acme", REVENUE, at(10));
         j.destination = destination.into();
-        let err = engine.run(&j).await.expect_err(destination);
+        let err = engine.run(&j, 1).await.expect_err(destination);
         assert_eq!(err.class, ErrorClass::Permanent, "{destination:?}: {}", err.message);
         assert!(err.message.contains("destination"), "the error names the field: {}", err.message);
     }
@@ -228,12 +228,12 @@ async fn a_tenants_query_cannot_read_or_become_another_tenant() {
         "SELECT query_to_xml('SELECT * FROM tenant_globex.sales', false, false, '')::text AS leak".to_owned(),
         "SELECT count(*) AS n FROM pg_read_file('/etc/passwd')".to_owned(),
     ] {
-        let err = engine.run(&job("acme", &sql, at(10))).await.expect_err(&sql);
+        let err = engine.run(&job("acme", &sql, at(10)), 1).await.expect_err(&sql);
         assert_eq!(err.class, ErrorClass::Permanent, "{sql}: {}", err.message);
         assert!(err.message.contains("permission denied") && err.message.contains("42501"), "{sql}: {}", err.message);
     }
     // Its own schema it reads, and its result lands there, owned by its role.
-    assert_eq!(engine.run(&job("acme", REVENUE, at(10))).await.expect("own data").rows_written, 2);
+    assert_eq!(engine.run(&job("acme", REVENUE, at(10)), 1).await.expect("own data").rows_written, 2);
     let owner =
         rows(&db, "SELECT tableowner::text FROM pg_tables WHERE schemaname = 'tenant_acme' AND tablename = 'revenue'")
             .await;
@@ -255,8 +255,8 @@ async fn the_workers_own_role_reads_no_tenants_data_and_owns_only_its_ledger() {
 
     // Through the engine (the worker's URL for the host; each run logs in as its tenant),
     // each tenant reads its own data.
-    assert_eq!(engine.run(&job("acme", REVENUE, at(10))).await.expect("acme").rows_written, 2);
-    assert_eq!(engine.run(&job("globex", REVENUE, at(10))).await.expect("globex").rows_written, 2);
+    assert_eq!(engine.run(&job("acme", REVENUE, at(10)), 1).await.expect("acme").rows_written, 2);
+    assert_eq!(engine.run(&job("globex", REVENUE, at(10)), 1).await.expect("globex").rows_written, 2);
     engine.ping().await.expect("the worker's own login answers the readiness check");
 
     // The worker's own login reads no tenant's data, cannot become a tenant, creates nothing.
@@ -282,7 +282,7 @@ async fn the_workers_own_role_reads_no_tenants_data_and_owns_only_its_ledger() {
 async fn a_tenant_without_a_provisioned_role_or_with_another_key_fails_permanently_saying_what_to_do() {
     let (db, engine) = two_tenants().await;
     db.client.batch_execute("CREATE SCHEMA tenant_initech").await.expect("schema only");
-    let err = engine.run(&job("initech", "SELECT 1 AS one", at(10))).await.expect_err("no role");
+    let err = engine.run(&job("initech", "SELECT 1 AS one", at(10)), 1).await.expect_err("no role");
     assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
     assert!(
         err.message.contains(&db.tenant_role("initech")) && err.message.contains("Tenant isolation"),
@@ -295,7 +295,7 @@ async fn a_tenant_without_a_provisioned_role_or_with_another_key_fails_permanent
     };
     let wrong_key =
         PostgresEngine::new(&Secret::new(db.url.clone()), 2, scope, ResultLimits::default()).expect("engine");
-    let err = wrong_key.run(&job("acme", "SELECT 1 AS one", at(10))).await.expect_err("wrong password");
+    let err = wrong_key.run(&job("acme", "SELECT 1 AS one", at(10)), 1).await.expect_err("wrong password");
     assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
     assert!(err.message.contains("tenant-password"), "{}", err.message);
     assert!(!err.message.contains(db.tenant_logins().password_for(&db.tenant_role("acme")).expose()));
@@ -306,16 +306,16 @@ async fn a_result_over_its_row_or_byte_limit_is_refused_naming_the_limit() {
     let db = TestDb::create().await;
     provision_two(&db).await;
     let engine = engine_at(&db.url, &db, ResultLimits { max_rows: 50, max_bytes: 10_000 });
-    let err = engine.run(&job("acme", "SELECT generate_series(1, 51) AS n", at(10))).await.expect_err("rows");
+    let err = engine.run(&job("acme", "SELECT generate_series(1, 51) AS n", at(10)), 1).await.expect_err("rows");
     assert_eq!(err.class, ErrorClass::Permanent);
     assert!(err.message.contains("50 rows") && err.message.contains("engines.warehouse.max_rows"), "{}", err.message);
-    let err = engine.run(&job("acme", "SELECT repeat('x', 10001) AS big", at(10))).await.expect_err("bytes");
+    let err = engine.run(&job("acme", "SELECT repeat('x', 10001) AS big", at(10)), 1).await.expect_err("bytes");
     assert!(err.message.contains("engines.warehouse.max_result_bytes"), "{}", err.message);
     let tables = rows(&db, "SELECT count(*) FROM pg_tables WHERE schemaname = 'tenant_acme'").await;
     assert_eq!(tables[0].get::<_, i64>(0), 1, "nothing was written: only the sales table");
     assert_eq!(
         engine
-            .run(&job("acme", "SELECT generate_series(1, 50) AS n", at(10)))
+            .run(&job("acme", "SELECT generate_series(1, 50) AS n", at(10)), 1)
             .await
             .expect("at the limit")
             .rows_written,
@@ -338,7 +338,7 @@ async fn a_password_key_rotation_keeps_runs_working_while_roles_get_their_new_pa
     // 1. Workers get the new key and keep the old one as previous: the roles still have
     //    their old passwords, and runs go on.
     let during = rotated(Some(integration_tests::TENANT_PASSWORD_KEY));
-    assert_eq!(during.run(&job("acme", "SELECT 1 AS one", at(10))).await.expect("old password").rows_written, 1);
+    assert_eq!(during.run(&job("acme", "SELECT 1 AS one", at(10)), 1).await.expect("old password").rows_written, 1);
     // 2. Each role gets its new password (what `worker tenant-password` prints with the new key).
     let role = db.tenant_role("acme");
     let new_password =
@@ -347,11 +347,11 @@ async fn a_password_key_rotation_keeps_runs_working_while_roles_get_their_new_pa
         .batch_execute(&format!("ALTER ROLE \"{role}\" PASSWORD '{}'", new_password.expose()))
         .await
         .expect("new password");
-    assert_eq!(during.run(&job("acme", "SELECT 1 AS one", at(11))).await.expect("new password").rows_written, 1);
+    assert_eq!(during.run(&job("acme", "SELECT 1 AS one", at(11)), 1).await.expect("new password").rows_written, 1);
     // 3. The old key is dropped.
     let after = rotated(None);
-    assert_eq!(after.run(&job("acme", "SELECT 1 AS one", at(12))).await.expect("new key only").rows_written, 1);
-    let err = after.run(&job("globex", "SELECT 1 AS one", at(12))).await.expect_err("globex was not rotated");
+    assert_eq!(after.run(&job("acme", "SELECT 1 AS one", at(12)), 1).await.expect("new key only").rows_written, 1);
+    let err = after.run(&job("globex", "SELECT 1 AS one", at(12)), 1).await.expect_err("globex was not rotated");
     assert!(err.message.contains("tenant-password"), "{}", err.message);
 }
 
@@ -374,6 +374,6 @@ async fn the_local_provisioning_and_sample_data_work_with_the_workers_logins() {
     let scope = TenantScope { schema_template: "tenant_{tenant_id}".into(), logins: Some(logins) };
     let engine = PostgresEngine::new(&Secret::new(db.url.clone()), 2, scope, ResultLimits::default()).expect("engine");
     let sql = "SELECT store, count(*) AS sales FROM sales GROUP BY store";
-    assert_eq!(engine.run(&job("acme", sql, at(10))).await.expect("acme").rows_written, 2);
-    assert_eq!(engine.run(&job("globex", sql, at(10))).await.expect("globex").rows_written, 1);
+    assert_eq!(engine.run(&job("acme", sql, at(10)), 1).await.expect("acme").rows_written, 2);
+    assert_eq!(engine.run(&job("globex", sql, at(10)), 1).await.expect("globex").rows_written, 1);
 }

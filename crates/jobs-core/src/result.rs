@@ -49,6 +49,12 @@ pub struct ResultEvent {
     /// 1 for the first delivery.
     pub attempt: u32,
     pub rows_written: u64,
+    /// Bytes the engine read to answer the query, when it reports them (1.2; BigQuery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_processed: Option<u64>,
+    /// Slot time of the query in milliseconds, when the engine reports it (1.2; BigQuery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_millis: Option<u64>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,8 +73,8 @@ pub struct ResultEvent {
 impl ResultEvent {
     pub const KIND: &'static str = "result event";
     pub const MAJOR: u32 = 1;
-    /// 1.1 added `trigger` and `trace_id`.
-    pub const SCHEMA_VERSION: &'static str = "1.1";
+    /// 1.1 added `trigger` and `trace_id`; 1.2 `bytes_processed` and `slot_millis`.
+    pub const SCHEMA_VERSION: &'static str = "1.2";
 
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         decode_versioned(body, Self::KIND, Self::MAJOR)

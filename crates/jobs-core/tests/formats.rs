@@ -40,13 +40,15 @@ fn sample_result() -> ResultEvent {
         app_id: job.app_id,
         query_id: job.query_id,
         nominal_time: job.nominal_time,
-        status: RunStatus::Failed,
+        status: RunStatus::Succeeded,
         attempt: 2,
-        rows_written: 0,
+        rows_written: 42,
+        bytes_processed: Some(1_048_576),
+        slot_millis: Some(2_345),
         started_at: t(10, 3, 18),
         finished_at: t(10, 3, 19),
-        error_class: Some(ErrorClass::Permanent),
-        error_message: Some("relation \"sales\" does not exist".into()),
+        error_class: None,
+        error_message: None,
         trigger: Trigger::Manual,
         trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
     }
@@ -67,15 +69,24 @@ fn a_job_message_serializes_exactly_as_the_golden_file() {
 #[test]
 fn a_result_event_serializes_exactly_as_the_golden_file() {
     let encoded: serde_json::Value = serde_json::from_slice(&sample_result().encode()).expect("json");
-    assert_eq!(encoded, golden("result_v1.1.json"));
+    assert_eq!(encoded, golden("result_v1.2.json"));
 }
 
 #[test]
 fn the_golden_files_decode_back_to_the_same_values() {
     let job = JobMessage::decode(&serde_json::to_vec(&golden("job_v1.json")).expect("json")).expect("decode");
     assert_eq!(job, sample_job());
-    let result = ResultEvent::decode(&serde_json::to_vec(&golden("result_v1.1.json")).expect("json")).expect("decode");
+    let result = ResultEvent::decode(&serde_json::to_vec(&golden("result_v1.2.json")).expect("json")).expect("decode");
     assert_eq!(result, sample_result());
+}
+
+#[test]
+fn a_result_event_of_version_1_1_reads_without_engine_statistics() {
+    let result = ResultEvent::decode(&serde_json::to_vec(&golden("result_v1.1.json")).expect("json")).expect("decode");
+    assert_eq!((result.schema_version.as_str(), result.status), ("1.1", RunStatus::Failed));
+    assert_eq!((result.bytes_processed, result.slot_millis), (None, None));
+    assert_eq!(result.error_class, Some(ErrorClass::Permanent));
+    assert_eq!(result.trace_id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! until the shutdown token is cancelled.
 
 use crate::consumer::{ConsumerSettings, run_consumer};
+use crate::engines::bigquery::{BigQueryConfig, BigQueryEngine};
 use crate::engines::postgres::PostgresEngine;
 use crate::engines::postgres::{TenantLogins, TenantScope};
 use crate::engines::{Engine, ResultLimits};
@@ -89,11 +90,28 @@ impl Application {
                         }),
                     };
                     let limits = ResultLimits { max_rows: e.max_rows, max_bytes: e.max_result_bytes };
-                    PostgresEngine::new(&e.url, e.pool_size, scope, limits)
-                        .map_err(|err| anyhow::anyhow!("engines.{name}: {err}"))?
+                    Arc::new(
+                        PostgresEngine::new(&e.url, e.pool_size, scope, limits)
+                            .map_err(|err| anyhow::anyhow!("engines.{name}: {err}"))?,
+                    ) as Arc<dyn Engine>
+                }
+                EngineKind::Bigquery => {
+                    let (endpoint, auth) = BigQueryConfig::connection(&e.endpoint, env)
+                        .map_err(|err| anyhow::anyhow!("engines.{name}: {err}"))?;
+                    tracing::info!(engine = %name, endpoint = %endpoint, project = %e.project, "BigQuery engine");
+                    let config = BigQueryConfig {
+                        endpoint,
+                        auth,
+                        project: e.project.clone(),
+                        location: e.location.clone(),
+                        dataset_template: e.dataset_template.clone(),
+                        partition: e.partition,
+                        maximum_bytes_billed: e.maximum_bytes_billed,
+                    };
+                    Arc::new(BigQueryEngine::new(config).map_err(|err| anyhow::anyhow!("engines.{name}: {err}"))?)
                 }
             };
-            engines.insert(name.clone(), Arc::new(engine));
+            engines.insert(name.clone(), engine);
         }
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);

@@ -2,7 +2,7 @@
 //! result event, and decide ack, nack or dead-letter. Independent of the bus so it can be
 //! driven by Pub/Sub in production and by an in-process bus in the standalone mode.
 
-use crate::engines::{Engine, RunError};
+use crate::engines::{Engine, RunError, RunOutput};
 use crate::ledger::{Claim, Ledger, Outcome};
 use crate::metrics::{EngineLabels, Metrics, OutcomeLabels};
 use async_trait::async_trait;
@@ -165,7 +165,7 @@ impl Runner {
         };
         let started_at = Utc::now();
         let heartbeat = AbortOnDrop(tokio::spawn(heartbeat(self.ledger.clone(), job.job_id.clone())));
-        let result = self.run(&job).await;
+        let result = self.run(&job, attempt).await;
         drop(heartbeat);
         let finished_at = Utc::now();
         let elapsed = (finished_at - started_at).to_std().unwrap_or_default();
@@ -174,17 +174,17 @@ impl Runner {
             .get_or_create(&EngineLabels { engine: self.engine_label(&job.engine) })
             .observe(elapsed.as_secs_f64());
 
-        let event = |status, rows_written, error: Option<&RunError>| ResultEvent {
-            rows_written,
+        let event = |status, output: RunOutput, error: Option<&RunError>| ResultEvent {
+            rows_written: output.rows_written,
+            bytes_processed: output.bytes_processed,
+            slot_millis: output.slot_millis,
             error_class: error.map(|e| e.class),
             error_message: error.map(|e| e.message.clone()),
             ..result_event(&job, trace_id, status, attempt, started_at, finished_at)
         };
         match result {
             Ok(output) => {
-                if let Err(e) =
-                    self.outputs.publish_result(&event(RunStatus::Succeeded, output.rows_written, None)).await
-                {
+                if let Err(e) = self.outputs.publish_result(&event(RunStatus::Succeeded, output, None)).await {
                     return self.output_failed(&job, "result", e);
                 }
                 // Recorded after the event, so that a crash in between repeats the
@@ -231,7 +231,9 @@ impl Runner {
                     error = %e,
                     "run failed, dead-lettering"
                 );
-                if let Err(err) = self.outputs.publish_result(&event(RunStatus::Failed, 0, Some(&e))).await {
+                if let Err(err) =
+                    self.outputs.publish_result(&event(RunStatus::Failed, RunOutput::default(), Some(&e))).await
+                {
                     return self.output_failed(&job, "result", err);
                 }
                 self.record(&job, &Outcome::Failed { class: e.class, message: e.message.clone() }).await;
@@ -327,7 +329,7 @@ impl Runner {
         }
     }
 
-    async fn run(&self, job: &JobMessage) -> Result<crate::engines::RunOutput, RunError> {
+    async fn run(&self, job: &JobMessage, attempt: u32) -> Result<RunOutput, RunError> {
         jobs_core::names::check_destination(&job.destination)
             .map_err(|r| RunError::permanent(format!("destination {:?} {r}", job.destination)))?;
         let engine = self
@@ -337,7 +339,7 @@ impl Runner {
         let limit = Duration::from_secs(job.timeout_secs).min(self.max_timeout);
         // The engine enforces the timeout itself (statement_timeout); this bound also
         // covers connecting and writing.
-        match tokio::time::timeout(limit + Duration::from_secs(5), engine.run(job)).await {
+        match tokio::time::timeout(limit + Duration::from_secs(5), engine.run(job, attempt)).await {
             Ok(result) => result,
             Err(_) => {
                 Err(RunError::retryable(format!("the run did not finish within its timeout of {}s", limit.as_secs())))
@@ -410,6 +412,8 @@ fn result_event(
         status,
         attempt,
         rows_written: 0,
+        bytes_processed: None,
+        slot_millis: None,
         started_at,
         finished_at,
         error_class: None,

@@ -155,6 +155,30 @@ impl Default for LedgerSettings {
 #[serde(rename_all = "lowercase")]
 pub enum EngineKind {
     Postgres,
+    /// Google BigQuery (REST API v2): the query runs in BigQuery and writes there.
+    Bigquery,
+}
+
+/// The time unit of a BigQuery destination table's partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Partitioning {
+    Hour,
+    Day,
+    Month,
+    Year,
+}
+
+impl Partitioning {
+    /// BigQuery's name of the partitioning type.
+    pub fn as_bigquery(self) -> &'static str {
+        match self {
+            Partitioning::Hour => "HOUR",
+            Partitioning::Day => "DAY",
+            Partitioning::Month => "MONTH",
+            Partitioning::Year => "YEAR",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -180,6 +204,21 @@ pub struct EngineSettings {
     pub max_rows: usize,
     /// Result bytes a run may produce (the values' sizes, see the README).
     pub max_result_bytes: usize,
+    /// BigQuery: the project the jobs run in and are billed to, and where the tenants'
+    /// datasets are.
+    pub project: String,
+    /// BigQuery: the location of the datasets and jobs (e.g. `US`, `europe-west1`); empty:
+    /// BigQuery's default.
+    pub location: String,
+    /// BigQuery: the tenant's dataset; `{tenant_id}` is replaced.
+    pub dataset_template: String,
+    /// BigQuery: the API's base URL. `BIGQUERY_EMULATOR_HOST` (host:port) overrides it and
+    /// selects anonymous credentials, as `PUBSUB_EMULATOR_HOST` does for Pub/Sub.
+    pub endpoint: String,
+    /// BigQuery: the partitioning of destination tables by `_scheduled_for`.
+    pub partition: Partitioning,
+    /// BigQuery: the most bytes one run may bill (`maximumBytesBilled`); 0: no limit.
+    pub maximum_bytes_billed: u64,
 }
 
 impl Default for EngineSettings {
@@ -194,6 +233,12 @@ impl Default for EngineSettings {
             pool_size: 8,
             max_rows: ResultLimits::default().max_rows,
             max_result_bytes: ResultLimits::default().max_bytes,
+            project: String::new(),
+            location: String::new(),
+            dataset_template: "tenant_{tenant_id}".into(),
+            endpoint: crate::engines::bigquery::DEFAULT_ENDPOINT.into(),
+            partition: Partitioning::Day,
+            maximum_bytes_billed: 0,
         }
     }
 }
@@ -287,6 +332,10 @@ impl Validate for Settings {
             p.push("engines is empty: no job could ever run".into());
         }
         for (name, e) in &self.engines {
+            if e.kind == EngineKind::Bigquery {
+                bigquery_problems(name, e, &mut p);
+                continue;
+            }
             if let Err(err) = e.url.expose().parse::<tokio_postgres::Config>() {
                 p.push(format!("engines.{name}.url is not a valid PostgreSQL connection string ({err})"));
             }
@@ -321,6 +370,41 @@ impl Validate for Settings {
             }
         }
         p
+    }
+}
+
+/// The settings a `bigquery` engine reads (the PostgreSQL ones do not apply to it).
+fn bigquery_problems(name: &str, e: &EngineSettings, p: &mut Vec<String>) {
+    let project_ok = !e.project.is_empty()
+        && e.project.len() <= 100
+        && e.project.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b':'));
+    if !project_ok {
+        p.push(format!(
+            "engines.{name}.project {:?} must be a Google Cloud project id (lowercase letters, digits, '-', '.', ':'; \
+             env WORKER_ENGINES__{}__PROJECT)",
+            e.project,
+            name.to_uppercase()
+        ));
+    }
+    if !e.dataset_template.contains("{tenant_id}") {
+        p.push(format!(
+            "engines.{name}.dataset_template {:?} must contain {{tenant_id}}: every tenant needs its own dataset",
+            e.dataset_template
+        ));
+    } else if crate::engines::bigquery::check_dataset(&e.dataset_template.replace("{tenant_id}", "t")).is_err() {
+        p.push(format!(
+            "engines.{name}.dataset_template {:?} must make dataset names of letters, digits and underscores",
+            e.dataset_template
+        ));
+    }
+    if !(e.endpoint.starts_with("https://") || e.endpoint.starts_with("http://")) {
+        p.push(format!("engines.{name}.endpoint {:?} must be an http(s) URL", e.endpoint));
+    }
+    if !e.location.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        p.push(format!(
+            "engines.{name}.location {:?} must be a BigQuery location such as US or europe-west1",
+            e.location
+        ));
     }
 }
 

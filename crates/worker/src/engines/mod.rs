@@ -2,6 +2,7 @@
 //! parameters bound, and writes the result rows to the destination idempotently by job id
 //! (a re-run replaces its own rows and never appends a second copy).
 
+pub mod bigquery;
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
@@ -10,9 +11,19 @@ use async_trait::async_trait;
 use jobs_core::{ErrorClass, JobMessage};
 
 /// What a successful run did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RunOutput {
     pub rows_written: u64,
+    /// Bytes the engine read to answer the query, when it reports them (BigQuery).
+    pub bytes_processed: Option<u64>,
+    /// Slot time the query took, in milliseconds, when the engine reports it (BigQuery).
+    pub slot_millis: Option<u64>,
+}
+
+impl RunOutput {
+    pub fn rows(rows_written: u64) -> Self {
+        RunOutput { rows_written, ..Default::default() }
+    }
 }
 
 /// A failed run, with the class that decides retry or dead-letter.
@@ -71,8 +82,9 @@ impl ResultLimits {
 
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
-    /// Runs `job` and writes its rows. The caller bounds the time it may take.
-    async fn run(&self, job: &JobMessage) -> Result<RunOutput, RunError>;
+    /// Runs `job` and writes its rows. `attempt` counts the runs of this job id (1 for the
+    /// first). The caller bounds the time it may take.
+    async fn run(&self, job: &JobMessage, attempt: u32) -> Result<RunOutput, RunError>;
 
     /// Cheap liveness check for `/readyz`.
     async fn ping(&self) -> Result<(), RunError>;

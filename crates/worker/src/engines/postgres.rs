@@ -214,7 +214,7 @@ fn check_identifier(what: &str, name: &str) -> Result<(), RunError> {
 
 #[async_trait]
 impl Engine for PostgresEngine {
-    async fn run(&self, job: &JobMessage) -> Result<RunOutput, RunError> {
+    async fn run(&self, job: &JobMessage, _attempt: u32) -> Result<RunOutput, RunError> {
         let schema = self.schema_for(&job.tenant_id);
         check_identifier("schema", &schema)?;
         let mut connection = self.connect(&job.tenant_id).await?;
@@ -266,7 +266,7 @@ impl Engine for PostgresEngine {
 
         // 2. The idempotent write.
         let written = write(client, &schema, job, &result).await?;
-        Ok(RunOutput { rows_written: written })
+        Ok(RunOutput::rows(written))
     }
 
     async fn ping(&self) -> Result<(), RunError> {

@@ -217,7 +217,7 @@ fn write(conn: &mut Connection, job: &JobMessage, table: &Table) -> Result<u64, 
 
 #[async_trait]
 impl Engine for SqliteEngine {
-    async fn run(&self, job: &JobMessage) -> Result<RunOutput, RunError> {
+    async fn run(&self, job: &JobMessage, _attempt: u32) -> Result<RunOutput, RunError> {
         jobs_core::names::check_entity_id(&job.tenant_id)
             .map_err(|r| RunError::permanent(format!("tenant id {:?} {r}", job.tenant_id)))?;
         let path = self.database_for(&job.tenant_id);
@@ -241,7 +241,7 @@ impl Engine for SqliteEngine {
         .await
         .map_err(|e| RunError::retryable(format!("run task failed: {e}")))?;
         watchdog.abort();
-        Ok(RunOutput { rows_written: result? })
+        Ok(RunOutput::rows(result?))
     }
 
     async fn ping(&self) -> Result<(), RunError> {
@@ -307,7 +307,7 @@ mod tests {
     async fn a_run_reads_its_window_and_a_rerun_replaces_its_rows() {
         let (engine, dir) = engine();
         for _ in 0..3 {
-            assert_eq!(engine.run(&job(SQL)).await.expect("run").rows_written, 1);
+            assert_eq!(engine.run(&job(SQL), 1).await.expect("run").rows_written, 1);
         }
         let conn = Connection::open(dir.join("acme.sqlite3")).expect("open");
         let (n, revenue, tenant): (i64, f64, String) = conn
@@ -321,12 +321,12 @@ mod tests {
     #[tokio::test]
     async fn queries_cannot_write_or_attach_other_files() {
         let (engine, dir) = engine();
-        let err = engine.run(&job("DELETE FROM sales RETURNING store")).await.expect_err("read-only");
+        let err = engine.run(&job("DELETE FROM sales RETURNING store"), 1).await.expect_err("read-only");
         assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
         let other = dir.join("globex.sqlite3");
         Connection::open(&other).expect("other tenant");
         let err = engine
-            .run(&job(&format!("ATTACH DATABASE '{}' AS other", other.display())))
+            .run(&job(&format!("ATTACH DATABASE '{}' AS other", other.display())), 1)
             .await
             .expect_err("attach refused");
         assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
@@ -337,7 +337,7 @@ mod tests {
             ("SELECT load_extension('/tmp/x.so') AS x".to_owned(), "load_extension()"),
             ("CREATE TABLE other (x)".to_owned(), "writing to sqlite_master"),
         ] {
-            let err = engine.run(&job(&sql)).await.expect_err(&sql);
+            let err = engine.run(&job(&sql), 1).await.expect_err(&sql);
             assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
             assert!(err.message.contains(named) && err.message.contains("refused"), "{sql}: {}", err.message);
         }
@@ -346,17 +346,17 @@ mod tests {
         let n: i64 = conn.query_row("SELECT count(*) FROM sales", [], |r| r.get(0)).expect("count");
         assert_eq!(n, 4);
         // The refusals are the query's only: the run after them still writes its rows.
-        assert_eq!(engine.run(&job(SQL)).await.expect("run").rows_written, 1);
+        assert_eq!(engine.run(&job(SQL), 1).await.expect("run").rows_written, 1);
     }
 
     #[tokio::test]
     async fn a_result_over_its_row_or_byte_limit_is_refused_naming_the_limit() {
         let (engine, _dir) = engine();
         let rows = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 101) SELECT x FROM c";
-        let err = engine.run(&job(rows)).await.expect_err("rows");
+        let err = engine.run(&job(rows), 1).await.expect_err("rows");
         assert_eq!(err.class, ErrorClass::Permanent);
         assert!(err.message.contains("engines.embedded.max_rows"), "{}", err.message);
-        let err = engine.run(&job("SELECT printf('%.20000c', 'x') AS big")).await.expect_err("bytes");
+        let err = engine.run(&job("SELECT printf('%.20000c', 'x') AS big"), 1).await.expect_err("bytes");
         assert!(err.message.contains("engines.embedded.max_result_bytes"), "{}", err.message);
     }
 
@@ -365,8 +365,8 @@ mod tests {
         let (engine, _dir) = engine();
         let mut j = job("SELECT 1 AS x");
         j.tenant_id = "nobody".into();
-        assert_eq!(engine.run(&j).await.expect_err("missing").class, ErrorClass::Permanent);
-        assert_eq!(engine.run(&job("SELEC 1")).await.expect_err("syntax").class, ErrorClass::Permanent);
+        assert_eq!(engine.run(&j, 1).await.expect_err("missing").class, ErrorClass::Permanent);
+        assert_eq!(engine.run(&job("SELEC 1"), 1).await.expect_err("syntax").class, ErrorClass::Permanent);
     }
 
     #[tokio::test]
@@ -374,7 +374,7 @@ mod tests {
         let (engine, _dir) = engine();
         let mut j = job("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT MAX(x) AS m FROM c");
         j.timeout_secs = 1;
-        let err = engine.run(&j).await.expect_err("interrupted");
+        let err = engine.run(&j, 1).await.expect_err("interrupted");
         assert_eq!(err.class, ErrorClass::Retryable, "{}", err.message);
     }
 }
