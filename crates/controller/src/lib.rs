@@ -17,6 +17,7 @@ pub mod platform;
 pub mod publisher;
 pub mod schedule;
 pub mod settings;
+pub mod shards;
 pub mod state;
 pub mod sync;
 pub mod timer;

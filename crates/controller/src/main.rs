@@ -65,6 +65,13 @@ struct PlanArgs {
     /// Seed of the generated catalog.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Runs one worker holds at once (the workers' `runner.max_in_flight`), for the
+    /// recommended worker count and HPA bounds.
+    #[arg(long, default_value_t = 8)]
+    worker_slots: usize,
+    /// Capacity above the forecast peak for the HPA's `maxReplicas` (0.25: 25%).
+    #[arg(long, default_value_t = 0.25)]
+    headroom: f64,
     /// Queries added to the generated catalog, drawn the same way: `--schedules 100000
     /// --extra 1000` is the 100,000-query catalog plus 1% more, for `--against`.
     #[arg(long, default_value_t = 0)]
@@ -106,6 +113,28 @@ enum Bench {
         #[arg(long)]
         fresh_placement: bool,
     },
+    /// The sharded controller's timers on a virtual clock, with a re-shard half-way:
+    /// fires, misses, duplicates and memory per shard (README: Past one controller).
+    Shards {
+        #[arg(long, default_value_t = 10_000_000)]
+        schedules: usize,
+        #[arg(long, default_value_t = 8)]
+        shards: u32,
+        /// Shards after the re-shard.
+        #[arg(long, default_value_t = 12)]
+        reshard_to: u32,
+        /// Hours of virtual time.
+        #[arg(long, default_value_t = 4)]
+        hours: u32,
+        /// The latest a replica learns of the new shard map.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        skew: std::time::Duration,
+        /// How far ahead of its announcement the new map takes effect.
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        margin: std::time::Duration,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -121,6 +150,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if let Some(Command::Bench(Bench::Shards { schedules, shards, reshard_to, hours, skew, margin, seed })) =
+        cli.command
+    {
+        let cfg = controller::shards::ShardBench { schedules, shards, reshard_to, hours, skew, margin, seed };
+        let live = || {
+            let s = ALLOCATOR.stats();
+            s.bytes_allocated as i64 - s.bytes_deallocated as i64
+        };
+        controller::shards::run_shard_bench(&cfg, &live);
+        return ExitCode::SUCCESS;
     }
     if let Some(Command::Bench(Bench::Timer {
         schedules,
@@ -204,21 +244,31 @@ fn run_plan(
         today + chrono::Duration::days(1)
     });
     let progress = |what: &str| eprintln!("plan: {what}");
-    let load = |path: &std::path::Path| -> anyhow::Result<Vec<controller::placement::Item>> {
+    anyhow::ensure!(args.worker_slots >= 1, "--worker-slots {} must be at least 1", args.worker_slots);
+    anyhow::ensure!(
+        (0.0..=10.0).contains(&args.headroom),
+        "--headroom {} must be between 0 and 10 (0.25 is 25%)",
+        args.headroom
+    );
+    // The placer's items and the catalog's mean SQL size.
+    let load = |path: &std::path::Path| -> anyhow::Result<(Vec<controller::placement::Item>, f64)> {
         progress(&format!("reading {}", path.display()));
         let raw = controller::platform::read_catalog_file(path)?;
         let catalog = controller::catalog::validate(raw, &policy);
         if !catalog.problems.is_empty() {
             eprintln!("plan: {} invalid items skipped (first: {:?})", catalog.problems.len(), catalog.problems[0]);
         }
-        Ok(plan::items(&catalog.schedules, start, args.horizon, args.default_duration))
+        let sql_bytes: usize = catalog.schedules.values().map(|s| s.sql.len()).sum();
+        let mean_sql = sql_bytes as f64 / catalog.schedules.len().max(1) as f64;
+        Ok((plan::items(&catalog.schedules, start, args.horizon, args.default_duration), mean_sql))
     };
     let catalog = args.catalog.as_deref().ok_or_else(|| anyhow::anyhow!("--catalog is required"))?;
-    let items = load(catalog)?;
+    let (items, mean_sql) = load(catalog)?;
     let started = std::time::Instant::now();
     let mut result = plan::plan(&items, &strategies, args.horizon, progress);
+    result.capacity = Some(plan::capacity(&result, args.worker_slots, args.headroom, mean_sql));
     if let Some(other) = &args.against {
-        let after = load(other)?;
+        let (after, _) = load(other)?;
         progress("placing the new catalog around the existing placements");
         result.stability = Some(plan::stability(&items, &after, args.horizon));
     }

@@ -207,6 +207,71 @@ pub struct Plan {
     pub strategies: BTreeMap<&'static str, Forecast>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stability: Option<Stability>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
+}
+
+/// The controller's resident memory per schedule, from `controller bench sync --schedules
+/// 1000000 --sql-bytes 300` (docs/benchmarks.md): a peak of 842 MiB through a re-sync and a
+/// load-aware re-placement of a million schedules with SQL texts of about 300 bytes.
+pub const CONTROLLER_BYTES_PER_SCHEDULE: f64 = 842.0 * 1024.0 * 1024.0 / 1_000_000.0;
+/// The SQL size behind [`CONTROLLER_BYTES_PER_SCHEDULE`]; each byte more costs a byte.
+pub const BENCH_SQL_BYTES: f64 = 300.0;
+/// A full re-sync (read, validate, diff) per schedule: 4.75 s per million, the same bench.
+pub const RESYNC_SECS_PER_SCHEDULE: f64 = 4.75e-6;
+/// Schedules one controller replica is sized for: about 4 GiB and 25 s per re-sync at
+/// 300-byte SQL. Past it, shard the controller (README: Past one controller).
+pub const SCHEDULES_PER_CONTROLLER: usize = 5_000_000;
+
+/// How many workers and what controller a catalog needs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Capacity {
+    /// Runs one worker holds at once (`runner.max_in_flight`).
+    pub worker_slots: usize,
+    /// Capacity above the forecast peak for `hpa_max`.
+    pub headroom: f64,
+    pub workers: BTreeMap<&'static str, Workers>,
+    pub mean_sql_bytes: f64,
+    pub controller_memory_mib: f64,
+    pub controller_resync_s: f64,
+    /// Controller shards: one per [`SCHEDULES_PER_CONTROLLER`] schedules.
+    pub controller_shards: usize,
+}
+
+/// Workers for one placement strategy.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Workers {
+    /// Enough slots for the forecast peak of runs in progress.
+    pub at_peak: u64,
+    /// HPA `minReplicas`: enough slots for the mean.
+    pub hpa_min: u64,
+    /// HPA `maxReplicas`: the peak with the headroom.
+    pub hpa_max: u64,
+}
+
+/// Workers and controller for `plan`'s forecasts, at `worker_slots` runs per worker.
+pub fn capacity(plan: &Plan, worker_slots: usize, headroom: f64, mean_sql_bytes: f64) -> Capacity {
+    let slots = worker_slots.max(1) as f64;
+    let workers = plan
+        .strategies
+        .iter()
+        .map(|(name, f)| {
+            let at_peak = (f.peak / slots).ceil().max(1.0) as u64;
+            let hpa_min = (f.mean / slots).ceil().max(1.0) as u64;
+            let hpa_max = ((f.peak * (1.0 + headroom)) / slots).ceil().max(at_peak as f64) as u64;
+            (*name, Workers { at_peak, hpa_min, hpa_max })
+        })
+        .collect();
+    let per_schedule = CONTROLLER_BYTES_PER_SCHEDULE + (mean_sql_bytes - BENCH_SQL_BYTES).max(0.0);
+    Capacity {
+        worker_slots,
+        headroom,
+        workers,
+        mean_sql_bytes,
+        controller_memory_mib: plan.schedules as f64 * per_schedule / (1024.0 * 1024.0),
+        controller_resync_s: plan.schedules as f64 * RESYNC_SECS_PER_SCHEDULE,
+        controller_shards: plan.schedules.div_ceil(SCHEDULES_PER_CONTROLLER).max(1),
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -235,6 +300,7 @@ pub fn plan(items: &[Item], strategies: &[Strategy], horizon: Duration, progress
         lower_bound: bound,
         strategies: out,
         stability: None,
+        capacity: None,
     }
 }
 
@@ -278,6 +344,30 @@ pub fn text(plan: &Plan) -> String {
             f.max_starts_per_minute,
             f.max_tenant_share,
             f.fairness_violations
+        ));
+    }
+    if let Some(c) = &plan.capacity {
+        out.push_str(&format!(
+            "capacity at {} runs per worker (runner.max_in_flight), {:.0}% headroom over the peak:\n\
+             strategy    workers at peak  HPA minReplicas  HPA maxReplicas\n",
+            c.worker_slots,
+            c.headroom * 100.0
+        ));
+        for (name, w) in &c.workers {
+            out.push_str(&format!("{name:<11} {:>15} {:>16} {:>16}\n", w.at_peak, w.hpa_min, w.hpa_max));
+        }
+        out.push_str(&format!(
+            "controller: about {:.0} MiB resident and {:.1} s per re-sync for {} schedules (SQL {:.0} bytes on \
+             average; controller bench sync: 842 MiB and 4.75 s per million at 300 bytes); {}\n",
+            c.controller_memory_mib,
+            c.controller_resync_s,
+            plan.schedules,
+            c.mean_sql_bytes,
+            if c.controller_shards > 1 {
+                format!("{} controller shards of at most {SCHEDULES_PER_CONTROLLER} schedules", c.controller_shards)
+            } else {
+                "one controller (a leader and a standby)".to_owned()
+            }
         ));
     }
     if let Some(s) = &plan.stability {
@@ -408,6 +498,29 @@ mod tests {
 
     fn start() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-12-07T00:00:00Z").expect("t").with_timezone(&Utc)
+    }
+
+    #[test]
+    fn capacity_covers_the_peak_with_headroom_and_shards_past_five_million() {
+        let horizon = Duration::from_secs(6 * 3600);
+        let schedules = reference(2000, 7);
+        let items = items(&schedules, start(), horizon, Duration::from_secs(30));
+        let mut p = plan(&items, &[Strategy::Hash, Strategy::LoadAware], horizon, |_| {});
+        let c = capacity(&p, 8, 0.25, 300.0);
+        for (name, f) in &p.strategies {
+            let w = c.workers[name];
+            assert!(w.at_peak as f64 * 8.0 >= f.peak && (w.at_peak as f64 - 1.0) * 8.0 < f.peak, "{name}: {w:?}");
+            assert!(w.hpa_min as f64 * 8.0 >= f.mean && w.hpa_min <= w.at_peak, "{name}: {w:?}");
+            assert!(w.hpa_max as f64 * 8.0 >= f.peak * 1.25 && w.hpa_max >= w.at_peak, "{name}: {w:?}");
+        }
+        assert!(c.workers["load-aware"].at_peak <= c.workers["hash"].at_peak, "{c:?}");
+        assert_eq!(c.controller_shards, 1);
+        assert!((c.controller_memory_mib - 2000.0 * 842.0 / 1e6).abs() < 0.01, "{c:?}");
+        p.schedules = 12_000_000;
+        let big = capacity(&p, 8, 0.25, 1300.0);
+        assert_eq!(big.controller_shards, 3);
+        assert!(big.controller_memory_mib > 12.0 * 842.0 + 11_000.0, "1,000 SQL bytes more each: {big:?}");
+        assert!(text(&Plan { capacity: Some(big), ..p }).contains("3 controller shards"));
     }
 
     #[test]
