@@ -65,6 +65,10 @@ struct PlanArgs {
     /// Seed of the generated catalog.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Median run time of the generated catalog (log-normal, p99 30 times the median, at
+    /// most an hour).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    median_duration: std::time::Duration,
     /// Runs one worker holds at once (the workers' `runner.max_in_flight`), for the
     /// recommended worker count and HPA bounds.
     #[arg(long, default_value_t = 8)]
@@ -221,7 +225,7 @@ fn run_plan(
     use controller::plan;
     if let Some(kind) = &args.generate {
         anyhow::ensure!(kind == "reference", "--generate {kind:?}: the only generator is `reference`");
-        println!("{}", plan::reference_catalog(args.schedules, args.extra, args.seed));
+        println!("{}", plan::reference_catalog(args.schedules, args.extra, args.seed, args.median_duration));
         return Ok(());
     }
     let settings: Settings = service_kit::settings::load(config, env)?;

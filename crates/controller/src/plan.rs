@@ -428,10 +428,11 @@ pub fn svg(plan: &Plan) -> String {
 
 /// The reference catalog: 70% hourly at minute 0 (spread 30 min), 20% every 15 minutes
 /// (spread 10 min), 10% daily at 00:00 (spread 2 h), across 5 time zones; durations
-/// log-normal (median 20 s, p99 10 min); tenants of very different sizes (the largest holds
+/// log-normal (median `median_duration`, 20 s by default, p99 30 times it, at most an hour);
+/// tenants of very different sizes (the largest holds
 /// 10% of the schedules). Deterministic for a given seed; `extra` more queries are drawn
 /// after the first `n` over the same tenants, so the result holds the `n`-query catalog.
-pub fn reference_catalog(n: usize, extra: usize, seed: u64) -> serde_json::Value {
+pub fn reference_catalog(n: usize, extra: usize, seed: u64, median_duration: Duration) -> serde_json::Value {
     use serde_json::json;
     let mut rng = fastrand::Rng::with_seed(seed);
     let zones = ["UTC", "America/New_York", "Europe/Berlin", "Asia/Tokyo", "America/Sao_Paulo"];
@@ -451,7 +452,8 @@ pub fn reference_catalog(n: usize, extra: usize, seed: u64) -> serde_json::Value
         };
         // Box-Muller for a standard normal.
         let z = (-2.0 * rng.f64().max(1e-12).ln()).sqrt() * (2.0 * std::f64::consts::PI * rng.f64()).cos();
-        let secs = (20.0 * (sigma * z).exp()).clamp(1.0, 3600.0).round() as u64;
+        let median = median_duration.as_secs_f64().max(1.0);
+        let secs = (median * (sigma * z).exp()).clamp(1.0, 3600.0).round() as u64;
         per_tenant[tenant.min(tenants_n - 1)].push(json!({
             "id": format!("q{i}"),
             "schedule": schedule,
@@ -488,7 +490,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("plan-{}-{seed}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("catalog.json");
-        std::fs::write(&path, reference_catalog(n, 0, seed).to_string()).expect("write");
+        std::fs::write(&path, reference_catalog(n, 0, seed, Duration::from_secs(20)).to_string()).expect("write");
         let mut policy = CatalogPolicy::for_tests();
         policy.max_spread = Duration::from_secs(4 * 3600);
         let c = validate(read_catalog_file(&path).expect("read"), &policy);
