@@ -182,9 +182,16 @@ async fn scheduled_runs_land_once_in_each_tenants_bigquery_dataset() {
         )
         .await
         .expect("ledger row");
+    // A subscription of its own for the re-run's event: the emulator may hand the first tap's
+    // next message to the stream `read_until` closed, and release it only minutes later.
+    let rerun_tap = format!("{jobs}-results-rerun");
+    bus.ensure_subscription(&pubsub_bus::SubscriptionSpec::plain(&rerun_tap, format!("{jobs}-results")))
+        .await
+        .expect("subscription");
     let publisher = bus.publisher(&jobs, Duration::from_secs(10)).await.expect("publisher");
     publisher.publish(again.encode(), attributes).await.expect("publish again");
-    let rerun = read_until(&bus, &results_tap, Duration::from_secs(30), |got| !got.is_empty()).await;
+    let rerun = read_until(&bus, &rerun_tap, Duration::from_secs(30), |got| !got.is_empty()).await;
+    assert_eq!(rerun.len(), 1, "one result event for the re-published run");
     let rerun = ResultEvent::decode(&rerun[0].data).expect("decodes");
     assert_eq!((rerun.job_id.clone(), rerun.status, rerun.attempt), (again.job_id.clone(), RunStatus::Succeeded, 2));
     let after = runs_in(&bq, &acme).await;

@@ -572,12 +572,16 @@ impl Engine for BigQueryEngine {
         })
     }
 
+    /// A dry run of `SELECT 1`: free, and it needs what runs need (credentials, the right
+    /// to create jobs in the project), nothing more.
     async fn ping(&self) -> Result<(), RunError> {
-        self.api
-            .send(self.api.http.get(self.api.url("/datasets")).query(&[("maxResults", "1")]))
+        let body = json!({"configuration": {"dryRun": true, "query": {"query": "SELECT 1", "useLegacySql": false}}});
+        let answer = self
+            .api
+            .send(self.api.http.post(self.api.url("/jobs")).json(&body))
             .await
-            .map(drop)
-            .map_err(|e| e.into_run_error("list datasets"))
+            .map_err(|e| e.into_run_error("dry-run SELECT 1"))?;
+        job_error(&answer, "a dry run of SELECT 1")
     }
 }
 
