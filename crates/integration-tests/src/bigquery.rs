@@ -8,6 +8,16 @@ use worker::settings::Partitioning;
 /// The project `scripts/services` starts the emulator with.
 pub const PROJECT: &str = "sqo-test";
 
+/// The emulator is not safe under concurrent requests (one DuckDB connection behind a Python
+/// server: requests at once answered 500 `internalError`, and once a dry run returned another
+/// query's schema): the tests that use it hold this for their whole run.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits until no other test of this binary uses the emulator.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().await
+}
+
 /// The emulator at `BIGQUERY_EMULATOR_HOST`.
 pub struct Emulator {
     pub endpoint: String,

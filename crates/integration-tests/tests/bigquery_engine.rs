@@ -4,7 +4,7 @@
 //! failures are classified with BigQuery's own message.
 
 use chrono::{DateTime, TimeZone, Utc};
-use integration_tests::bigquery::Emulator;
+use integration_tests::bigquery::{Emulator, exclusive};
 use integration_tests::unique;
 use jobs_core::{ErrorClass, JobId, JobMessage, Overlap, Trigger};
 use std::collections::BTreeMap;
@@ -82,6 +82,7 @@ async fn written(bq: &Emulator, dataset: &str) -> Vec<(String, String, i64, Stri
 #[tokio::test]
 async fn runs_write_their_rows_once_into_the_tenants_partitioned_table_and_a_rerun_replaces_them() {
     integration_tests::init_logs();
+    let _emulator = exclusive().await;
     let bq = Emulator::default();
     let acme = [
         ("acme", order("north", 10, "2026-12-04 09:10:00")),
@@ -140,6 +141,7 @@ async fn runs_write_their_rows_once_into_the_tenants_partitioned_table_and_a_rer
 #[tokio::test]
 async fn each_tenant_reads_and_writes_its_own_dataset_only() {
     integration_tests::init_logs();
+    let _emulator = exclusive().await;
     let bq = Emulator::default();
     let seed = [
         ("acme", order("north", 10, "2026-12-04 09:10:00")),
@@ -170,6 +172,7 @@ async fn each_tenant_reads_and_writes_its_own_dataset_only() {
 #[tokio::test]
 async fn bad_queries_fail_permanently_with_bigquerys_message_and_change_nothing() {
     integration_tests::init_logs();
+    let _emulator = exclusive().await;
     let bq = Emulator::default();
     let row = order("north", 10, "2026-12-04 09:10:00");
     let prefix = tenants(&bq, &[("acme", row.as_str())]).await;
@@ -201,6 +204,7 @@ async fn bad_queries_fail_permanently_with_bigquerys_message_and_change_nothing(
 
 #[tokio::test]
 async fn an_unreachable_bigquery_is_a_retryable_error() {
+    let _emulator = exclusive().await;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let closed = listener.local_addr().expect("addr");
     drop(listener);

@@ -82,7 +82,8 @@ async fn scheduled_runs_land_once_in_each_tenants_bigquery_dataset() {
             ..Default::default()
         },
     );
-    settings.runner.max_in_flight = 2;
+    // One run at a time: the emulator is not safe under concurrent requests (see `exclusive`).
+    settings.runner.max_in_flight = 1;
     let worker_app = worker::Application::build(settings, &app_env()).await.expect("worker builds");
     let worker_admin = worker_app.admin_addr();
     let shutdown_worker = CancellationToken::new();
