@@ -357,8 +357,9 @@ pub fn text(plan: &Plan) -> String {
             out.push_str(&format!("{name:<11} {:>15} {:>16} {:>16}\n", w.at_peak, w.hpa_min, w.hpa_max));
         }
         out.push_str(&format!(
-            "controller: about {:.0} MiB resident and {:.1} s per re-sync for {} schedules (SQL {:.0} bytes on \
-             average; controller bench sync: 842 MiB and 4.75 s per million at 300 bytes); {}\n",
+            "controller: about {:.0} MiB for the catalog, above the process's own, and {:.2} s per re-sync for {} \
+             schedules (SQL {:.0} bytes on average; controller bench sync: 842 MiB and 4.75 s per million at 300 \
+             bytes); {}\n",
             c.controller_memory_mib,
             c.controller_resync_s,
             plan.schedules,
