@@ -129,9 +129,10 @@ fn live_bytes(alloc: &'static Allocator) -> i64 {
     s.bytes_allocated as i64 - s.bytes_deallocated as i64
 }
 
-/// N schedules: schedule i uses the cron `cron(i)`; identical crons share one cadence; one
-/// SQL text; one tenant per 100 schedules.
-pub fn schedules(n: usize, cron: impl Fn(usize) -> String) -> BTreeMap<ScheduleKey, Arc<Schedule>> {
+/// Synthetic schedules for the benches: schedule i is query `q{i}` of tenant `t{i / 100}`
+/// (app `app`), with the cron and spread `of(i)` gives; identical crons share one cadence and
+/// all share one SQL text.
+pub fn synthetic(n: usize, of: impl Fn(usize) -> (String, Duration)) -> impl Iterator<Item = Arc<Schedule>> {
     let mut cadences: std::collections::HashMap<String, Arc<Cadence>> = std::collections::HashMap::new();
     let sql: Arc<str> = Arc::from(
         "SELECT store, SUM(amount) AS revenue FROM sales WHERE ts >= @window_start AND ts < @window_end GROUP BY store"
@@ -140,21 +141,20 @@ pub fn schedules(n: usize, cron: impl Fn(usize) -> String) -> BTreeMap<ScheduleK
     let (engine, destination, app): (Arc<str>, Arc<str>, Arc<str>) =
         (Arc::from("warehouse"), Arc::from("out"), Arc::from("app"));
     let mut tenant: Arc<str> = Arc::from("t0");
-    let mut out = BTreeMap::new();
-    for i in 0..n {
+    (0..n).map(move |i| {
         if i % 100 == 0 {
             tenant = Arc::from(format!("t{}", i / 100));
         }
-        let key = ScheduleKey { tenant_id: tenant.clone(), app_id: app.clone(), query_id: Arc::from(format!("q{i}")) };
-        let schedule = Schedule {
-            key: key.clone(),
+        let (cron, spread) = of(i);
+        Arc::new(Schedule {
+            key: ScheduleKey { tenant_id: tenant.clone(), app_id: app.clone(), query_id: Arc::from(format!("q{i}")) },
             expression: Arc::from(""),
             timezone: chrono_tz::Tz::UTC,
             cadence: cadences
-                .entry(cron(i))
+                .entry(cron)
                 .or_insert_with_key(|c| Arc::new(Cadence::parse(c, chrono_tz::Tz::UTC).expect("valid bench cron")))
                 .clone(),
-            spread: Duration::ZERO,
+            spread,
             engine: engine.clone(),
             sql: sql.clone(),
             destination: destination.clone(),
@@ -163,10 +163,13 @@ pub fn schedules(n: usize, cron: impl Fn(usize) -> String) -> BTreeMap<ScheduleK
             overlap: jobs_core::Overlap::Skip,
             estimated_duration: None,
             tenant_weight: 1.0,
-        };
-        out.insert(key, Arc::new(schedule));
-    }
-    out
+        })
+    })
+}
+
+/// N schedules: schedule i uses the cron `cron(i)` and no spread (see [`synthetic`]).
+pub fn schedules(n: usize, cron: impl Fn(usize) -> String) -> BTreeMap<ScheduleKey, Arc<Schedule>> {
+    synthetic(n, |i| (cron(i), Duration::ZERO)).map(|s| (s.key.clone(), s)).collect()
 }
 
 /// Lateness samples in microseconds → p50, p99, max in milliseconds.

@@ -69,47 +69,20 @@ pub struct ShardBench {
     pub seed: u64,
 }
 
-/// The synthetic catalog: 100 queries per tenant; 70% hourly (10-minute spread), 20% every
-/// 15 minutes (3-minute spread), 10% daily (30-minute spread), at minutes and seconds spread
-/// by the query's index.
+/// The synthetic catalog ([`crate::bench::synthetic`]): 100 queries per tenant; 70% hourly
+/// (10-minute spread), 20% every 15 minutes (3-minute spread), 10% daily (30-minute spread),
+/// at minutes and seconds spread by the query's index.
 pub fn catalog(n: usize) -> Vec<Arc<Schedule>> {
-    let mut cadences: HashMap<String, Arc<Cadence>> = HashMap::new();
-    let sql: Arc<str> = Arc::from("SELECT store, SUM(amount) AS revenue FROM sales GROUP BY store");
-    let (engine, destination, app): (Arc<str>, Arc<str>, Arc<str>) =
-        (Arc::from("warehouse"), Arc::from("out"), Arc::from("app"));
-    let mut tenant: Arc<str> = Arc::from("t0");
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        if i % 100 == 0 {
-            tenant = Arc::from(format!("t{}", i / 100));
-        }
+    crate::bench::synthetic(n, |i| {
         let (second, minute) = (i % 60, (i / 60) % 60);
         let (cron, spread_min) = match i % 10 {
             0..=6 => (format!("{second} {minute} * * * *"), 10),
             7 | 8 => (format!("{second} {}/15 * * * *", minute % 15), 3),
             _ => (format!("{second} {minute} {} * * *", (i / 3600) % 24), 30),
         };
-        let cadence = cadences
-            .entry(cron)
-            .or_insert_with_key(|c| Arc::new(Cadence::parse(c, chrono_tz::Tz::UTC).expect("valid simulation cron")))
-            .clone();
-        out.push(Arc::new(Schedule {
-            key: ScheduleKey { tenant_id: tenant.clone(), app_id: app.clone(), query_id: Arc::from(format!("q{i}")) },
-            expression: Arc::from(""),
-            timezone: chrono_tz::Tz::UTC,
-            cadence,
-            spread: Duration::from_secs(spread_min * 60),
-            engine: engine.clone(),
-            sql: sql.clone(),
-            destination: destination.clone(),
-            timeout: Duration::from_secs(60),
-            max_attempts: 3,
-            overlap: jobs_core::Overlap::Skip,
-            estimated_duration: None,
-            tenant_weight: 1.0,
-        }));
-    }
-    out
+        (cron, Duration::from_secs(spread_min * 60))
+    })
+    .collect()
 }
 
 /// The longest spread window of the catalog: a run may be placed this long after its

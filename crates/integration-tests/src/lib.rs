@@ -207,6 +207,47 @@ where
     }
 }
 
+/// An application running in this test's process: its admin address, and how to stop it.
+pub struct Running {
+    pub admin: std::net::SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Stops it (as SIGTERM would) and asserts that it stopped cleanly.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("join").expect("stops cleanly");
+    }
+
+    async fn ready(self, what: &str) -> Self {
+        let admin = self.admin;
+        eventually(Duration::from_secs(30), || async { (get(admin, "/readyz").await.0 == 200).then_some(()) })
+            .await
+            .unwrap_or_else(|| panic!("{what} not ready within 30 s"));
+        self
+    }
+}
+
+/// Builds and runs a worker with [`app_env`] and waits until it is ready.
+pub async fn start_worker(settings: worker::Settings) -> Running {
+    let app = worker::Application::build(settings, &app_env()).await.expect("worker builds");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let admin = app.admin_addr();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    Running { admin, shutdown, task }.ready("the worker").await
+}
+
+/// Builds and runs a controller with `env` and waits until it is ready.
+pub async fn start_controller(settings: controller::Settings, env: &HashMap<String, String>) -> Running {
+    let app = controller::Application::build(settings, env).await.expect("controller builds");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let admin = app.admin_addr();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    Running { admin, shutdown, task }.ready("the controller").await
+}
+
 /// POSTs (no body) to an admin endpoint and returns the status and body.
 pub async fn post(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     post_as(addr, path, None).await

@@ -5,12 +5,11 @@
 
 use integration_tests::bigquery::{Emulator, PROJECT};
 use integration_tests::platform::FakePlatform;
-use integration_tests::{TestDb, app_env, emulator, eventually, get, read_until, tap, unique};
+use integration_tests::{TestDb, app_env, emulator, read_until, start_controller, start_worker, tap, unique};
 use jobs_core::{JobMessage, ResultEvent, RunStatus};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "bigquery-pipeline-token";
 
@@ -84,13 +83,7 @@ async fn scheduled_runs_land_once_in_each_tenants_bigquery_dataset() {
     );
     // One run at a time: the emulator is not safe under concurrent requests (see `exclusive`).
     settings.runner.max_in_flight = 1;
-    let worker_app = worker::Application::build(settings, &app_env()).await.expect("worker builds");
-    let worker_admin = worker_app.admin_addr();
-    let shutdown_worker = CancellationToken::new();
-    let worker_task = tokio::spawn(worker_app.run_until_stopped(shutdown_worker.clone()));
-    eventually(Duration::from_secs(30), || async { (get(worker_admin, "/readyz").await.0 == 200).then_some(()) })
-        .await
-        .expect("worker ready (its BigQuery engine answers the ping)");
+    let worker = start_worker(settings).await;
 
     let mut c = controller::Settings::default();
     c.admin.listen = "127.0.0.1:0".parse().expect("addr");
@@ -101,16 +94,9 @@ async fn scheduled_runs_land_once_in_each_tenants_bigquery_dataset() {
     c.catalog.engines = vec!["lake".into()];
     let mut env = app_env();
     env.insert("PLATFORM_API_TOKEN".into(), TOKEN.into());
-    let controller_app = controller::Application::build(c, &env).await.expect("controller builds");
-    let controller_admin = controller_app.admin_addr();
-    let shutdown_controller = CancellationToken::new();
-    let controller_task = tokio::spawn(controller_app.run_until_stopped(shutdown_controller.clone()));
-    eventually(Duration::from_secs(30), || async { (get(controller_admin, "/readyz").await.0 == 200).then_some(()) })
-        .await
-        .expect("controller ready");
+    let controller = start_controller(c, &env).await;
     tokio::time::sleep(Duration::from_secs(7)).await;
-    shutdown_controller.cancel();
-    controller_task.await.expect("join").expect("controller stops cleanly");
+    controller.stop().await;
 
     // What was published, by job id.
     let published: BTreeMap<String, (JobMessage, std::collections::HashMap<String, String>)> =
@@ -200,6 +186,5 @@ async fn scheduled_runs_land_once_in_each_tenants_bigquery_dataset() {
     assert_eq!(after.len(), in_tables.iter().filter(|id| published[*id].0.tenant_id == "acme").count(), "no extra row");
     assert!(after.iter().filter(|(id, _)| *id != again.job_id.as_str()).all(|(_, (_, n))| *n == 3), "others untouched");
 
-    shutdown_worker.cancel();
-    worker_task.await.expect("join").expect("worker stops cleanly");
+    worker.stop().await;
 }

@@ -2,7 +2,9 @@
 //! worker → PostgreSQL tenant tables, plus the result events on their topic.
 
 use integration_tests::platform::{FakePlatform, Fault};
-use integration_tests::{TestDb, app_env, emulator, eventually, get, metric, read_until, tap, unique};
+use integration_tests::{
+    TestDb, app_env, emulator, eventually, get, metric, read_until, start_controller, start_worker, tap, unique,
+};
 use jobs_core::{JobId, ResultEvent, RunStatus};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -91,14 +93,8 @@ async fn scheduled_runs_travel_from_the_platform_to_each_tenants_table_exactly_o
     platform.inject("/v1/tenants/globex/apps", [Fault::Status(500), Fault::Status(500)]);
 
     // The worker first: it creates the subscription, so no published run is lost.
-    let shutdown_worker = CancellationToken::new();
-    let worker_app =
-        worker::Application::build(worker_settings(&topics, &db), &app_env()).await.expect("worker builds");
-    let worker_admin = worker_app.admin_addr();
-    let worker_task = tokio::spawn(worker_app.run_until_stopped(shutdown_worker.clone()));
-    eventually(Duration::from_secs(30), || async { (get(worker_admin, "/readyz").await.0 == 200).then_some(()) })
-        .await
-        .expect("worker ready");
+    let worker = start_worker(worker_settings(&topics, &db)).await;
+    let worker_admin = worker.admin;
 
     let mut settings = controller::Settings::default();
     settings.admin.listen = "127.0.0.1:0".parse().expect("addr");
@@ -109,19 +105,13 @@ async fn scheduled_runs_travel_from_the_platform_to_each_tenants_table_exactly_o
     settings.pubsub.create_topics = true;
     let mut env = app_env();
     env.insert("PLATFORM_API_TOKEN".into(), TOKEN.into());
-    let controller_app = controller::Application::build(settings, &env).await.expect("controller builds");
-    let controller_admin = controller_app.admin_addr();
-    let shutdown_controller = CancellationToken::new();
-    let controller_task = tokio::spawn(controller_app.run_until_stopped(shutdown_controller.clone()));
-    eventually(Duration::from_secs(30), || async { (get(controller_admin, "/readyz").await.0 == 200).then_some(()) })
-        .await
-        .expect("controller ready");
+    let controller = start_controller(settings, &env).await;
+    let controller_admin = controller.admin;
 
     // Let the schedules fire for a while, then stop the controller.
     tokio::time::sleep(Duration::from_secs(7)).await;
     let (_, metrics_after) = get(controller_admin, "/metrics").await;
-    shutdown_controller.cancel();
-    controller_task.await.expect("join").expect("controller stops cleanly");
+    controller.stop().await;
     let published_metric =
         metric(&metrics_after, "controller_runs_published_total").expect("published metric") as usize;
 
@@ -204,8 +194,7 @@ async fn scheduled_runs_travel_from_the_platform_to_each_tenants_table_exactly_o
         metric(&worker_metrics, "worker_jobs_total{outcome=\"succeeded\",error_class=\"none\"}"),
         Some(published as f64)
     );
-    shutdown_worker.cancel();
-    worker_task.await.expect("join").expect("worker stops cleanly");
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
