@@ -380,6 +380,9 @@ impl BigQueryEngine {
             if name.eq_ignore_ascii_case(JOB_ID_COLUMN) || name.eq_ignore_ascii_case(SCHEDULED_FOR_COLUMN) {
                 return Err(RunError::permanent(format!("column name {name:?} is reserved for the worker's metadata")));
             }
+            if name.is_empty() || name.contains(['`', '\\', '\n']) {
+                return Err(RunError::permanent(format!("column name {name:?} cannot be written; alias it")));
+            }
             if !seen.insert(name.to_ascii_lowercase()) {
                 return Err(RunError::permanent(format!("the query returns two columns named {name:?}; alias them")));
             }
