@@ -128,11 +128,7 @@ impl Application {
                 if ps.create_topics {
                     connection.ensure_topic(&ps.jobs_topic).await?;
                 }
-                let ring = settings
-                    .signing
-                    .text()
-                    .map_err(anyhow::Error::msg)
-                    .and_then(|t| jobs_core::signing::KeyRing::parse(t.expose()).map_err(anyhow::Error::from))?;
+                let ring = settings.signing.load(jobs_core::signing::KeyRing::parse).map_err(anyhow::Error::msg)?;
                 match ring.signing_key() {
                     Some(key) => tracing::info!(key_id = %key.id, "job messages are signed"),
                     None => tracing::warn!("job messages are not signed: set signing.keyring or signing.keyring_file"),

@@ -311,13 +311,8 @@ impl Validate for Settings {
             Ok(_) => {}
             Err(e) => p.push(e),
         }
-        match self.signing.text() {
-            Ok(text) => {
-                if let Err(e) = jobs_core::signing::KeyRing::parse(text.expose()) {
-                    p.push(format!("signing.keyring: {e}"));
-                }
-            }
-            Err(e) => p.push(e),
+        if let Err(e) = self.signing.load(jobs_core::signing::KeyRing::parse) {
+            p.push(e);
         }
         let c = &self.catalog;
         if !(c.max_removal_share > 0.0 && c.max_removal_share <= 1.0) {

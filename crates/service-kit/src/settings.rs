@@ -81,4 +81,10 @@ impl KeyRingSettings {
             None => Ok(self.keyring.clone()),
         }
     }
+
+    /// The key ring, read with [`KeyRingSettings::text`] and parsed with `parse` (e.g.
+    /// `jobs_core::signing::KeyRing::parse`); an error names the setting.
+    pub fn load<T, E: std::fmt::Display>(&self, parse: impl FnOnce(&str) -> Result<T, E>) -> Result<T, String> {
+        parse(self.text()?.expose()).map_err(|e| format!("signing.keyring: {e}"))
+    }
 }

@@ -194,11 +194,7 @@ impl Application {
         let worker = worker_identity();
         tracing::info!(worker = %worker, lease_secs = settings.ledger.lease.as_secs(), "run ledger ready");
         let access = LedgerAccess { ledger: ledger.clone(), worker, lease: settings.ledger.lease };
-        let keys = settings
-            .signing
-            .text()
-            .map_err(anyhow::Error::msg)
-            .and_then(|t| jobs_core::signing::KeyRing::parse(t.expose()).map_err(anyhow::Error::from))?;
+        let keys = settings.signing.load(jobs_core::signing::KeyRing::parse).map_err(anyhow::Error::msg)?;
         if keys.is_empty() {
             tracing::warn!("job messages are not verified: set signing.keyring or signing.keyring_file");
         } else {

@@ -256,13 +256,8 @@ fn check_name(key: &str, name: &str, problems: &mut Vec<String>) {
 impl Validate for Settings {
     fn problems(&self) -> Vec<String> {
         let mut p = self.log.problems();
-        match self.signing.text() {
-            Ok(text) => {
-                if let Err(e) = jobs_core::signing::KeyRing::parse(text.expose()) {
-                    p.push(format!("signing.keyring: {e}"));
-                }
-            }
-            Err(e) => p.push(e),
+        if let Err(e) = self.signing.load(jobs_core::signing::KeyRing::parse) {
+            p.push(e);
         }
         let ps = &self.pubsub;
         if ps.project.trim().is_empty() {
